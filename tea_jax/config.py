@@ -1,0 +1,42 @@
+"""Model defaults of MODEL.md section 0, shared by every experiment config."""
+
+import ml_collections
+
+# The merges of MODEL.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
+MERGE_MODES = ("none", "concat", "add", "attention")
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Returns the TEA/EMB model hyper-parameters (EMB's defaults; TEA switches off)."""
+  c = ml_collections.ConfigDict()
+  # Hidden width D of every block (channels).
+  c.hidden = 128
+  # Attention heads; each head has hidden // num_heads channels.
+  c.num_heads = 8
+  # Dropout rate used everywhere dropout is applied (never inside the LSTMs).
+  c.dropout = 0.2
+  # Snippet feature width (I3D: 1024 channels).
+  c.video_dim = 1024
+  # Word-vector width (GloVe 840B: 300).
+  c.word_dim = 300
+  # Narrative sentence-feature width (mean of word vectors: same as word_dim by default).
+  c.narrative_dim = 300
+  # Rows of the positional table: the most snippets or query words a sample may have.
+  c.max_positions = 128
+  # Number of vocabulary ids including PAD (0) and UNK (1); set from the data's vocabulary.
+  c.vocab_size = 2
+  # Frames per proposal cell (EMB's downscale factor).
+  c.cell_size = 8
+  # Kernel length (in frames) of the content-guided DSConv.
+  c.content_kernel = 7
+  # Kernel length (in proposals) of the bound-guided DSConv.
+  c.bound_kernel = 1
+  # LayerNorm epsilon of every LayerNorm.
+  c.layer_norm_eps = 1e-6
+  # Video-narrative merge (VN): one of MERGE_MODES.
+  c.merge = "none"
+  # Paragraph-query branch (PQ) on/off.
+  c.paragraph_branch = False
+  # Weight alpha of the paragraph branch: p = (p_v + alpha p_c) / (1 + alpha).
+  c.alpha = 0.5
+  return c
