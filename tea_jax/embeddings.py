@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from tea_jax.layers import CrossAttentionBlock, Dense, uniform_init, xavier_bound
+from tea_jax.layers import Dropout, CrossAttentionBlock, Dense, uniform_init, xavier_bound
 
 FROZEN = "frozen"
 
@@ -56,7 +56,7 @@ class WordEmbedding(nn.Module):
                             (max(self.vocab_size - 2, 0), self.word_dim))
     table = jnp.concatenate([jnp.zeros_like(unk), unk, vectors.value], axis=0)
     embedded = jnp.take(table, word_ids, axis=0)  # (B, W, word_dim)
-    embedded = nn.Dropout(self.dropout, deterministic=not train)(embedded)
+    embedded = Dropout(self.dropout, deterministic=not train)(embedded)
     return Dense(self.hidden, "linear")(embedded)
 
 
@@ -68,7 +68,7 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    return Dense(self.hidden, "linear")(nn.Dropout(self.dropout, deterministic=not train)(x))
+    return Dense(self.hidden, "linear")(Dropout(self.dropout, deterministic=not train)(x))
 
 
 class NarrativeMerge(nn.Module):

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tea_jax.layers import Dense, mask_logits, uniform_init, xavier_bound
+from tea_jax.layers import Dropout, Dense, mask_logits, uniform_init, xavier_bound
 
 
 class ContextQueryFusion(nn.Module):
@@ -22,7 +22,7 @@ class ContextQueryFusion(nn.Module):
     w_q = self.param("w_q", uniform_init(xavier_bound(1, d)), (d,))
     w_m = self.param("w_m", uniform_init(xavier_bound(d, d)), (d,))
     w_p = self.param("w_pool", uniform_init(xavier_bound(1, d)), (d,))
-    drop = nn.Dropout(self.dropout, deterministic=not train)
+    drop = Dropout(self.dropout, deterministic=not train)
     context_d, query_d = drop(context), drop(query)  # dropout only on the score's copies
     scores = (context_d @ w_c)[:, :, None] + (query_d @ w_q)[:, None, :] + jnp.einsum(
         "bcd,bwd->bcw", context_d * w_m, query_d)  # (B, Lc, W)

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tea_jax.layers import (MASK_VALUE, AttentionLayer, Dense, LayerNorm, cross_mask, self_mask,
+from tea_jax.layers import (Dropout, MASK_VALUE, AttentionLayer, Dense, LayerNorm, cross_mask, self_mask,
                             uniform_init, xavier_bound)
 
 
@@ -75,7 +75,7 @@ class GuideConv(nn.Module):
       for dt in range(k):
         out = out + padded[:, dt:dt + length] * kernel[dt, s]
     out = Dense(self.hidden, "pointwise")(out)
-    out = nn.Dropout(self.dropout, deterministic=not train)(out)
+    out = Dropout(self.dropout, deterministic=not train)(out)
     return nn.relu(LayerNorm(self.eps, "layer_norm")(out))
 
 

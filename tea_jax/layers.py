@@ -37,6 +37,29 @@ def mask_logits(logits: jax.Array, mask: jax.Array) -> jax.Array:
   return logits + (1.0 - mask.astype(logits.dtype)) * MASK_VALUE
 
 
+class Dropout(nn.Module):
+  """Inverted dropout drawing 16 random bits per element instead of 32.
+
+  Dropout masks dominate the training step on CPU (the attention weights alone are millions of
+  elements per layer); two masks per 32-bit draw halve that cost. An element is kept with
+  probability round(65536 (1 - rate)) / 65536 (|error| < 8e-6) and scaled by the inverse of that
+  exact probability, so the expectation is unchanged.
+  """
+
+  rate: float
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x):
+    if self.deterministic or self.rate == 0.0:
+      return x
+    threshold = int(round((1.0 - self.rate) * 65536))
+    words = jax.random.bits(self.make_rng("dropout"), (-(-x.size // 2),), jnp.uint32)
+    halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:x.size]
+    keep = halves.reshape(x.shape) < threshold
+    return jnp.where(keep, x * (65536.0 / threshold), 0.0).astype(x.dtype)
+
+
 def Dense(features: int, name: str, use_bias: bool = True) -> nn.Dense:
   """A linear layer initialised like EMB's Conv1D (Xavier-uniform weight, zero bias)."""
   return nn.Dense(features, use_bias=use_bias, kernel_init=xavier_uniform,
@@ -62,14 +85,17 @@ class MultiHeadAttention(nn.Module):
 
     def split(x, name):
       x = Dense(self.hidden, name)(x)
-      return x.reshape(x.shape[:2] + (self.num_heads, head_dim))  # (B, L, H, dh)
+      x = x.reshape(x.shape[:2] + (self.num_heads, head_dim))
+      return x.transpose(0, 2, 1, 3)  # (B, H, L, dh)
 
+    # Heads-major layout with plain matmuls: XLA's CPU dot is several times faster this way than
+    # with the equivalent einsum over (B, L, H, dh).
     q, k, v = split(query, "query"), split(key, "key"), split(value, "value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+    scores = jnp.matmul(q, k.swapaxes(-1, -2)) / math.sqrt(head_dim)  # (B, H, Lq, Lk)
     scores = mask_logits(scores, mask[:, None])
     weights = jax.nn.softmax(scores, axis=-1)
-    weights = nn.Dropout(self.dropout, deterministic=not train)(weights)
-    context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    weights = Dropout(self.dropout, deterministic=not train)(weights)
+    context = jnp.matmul(weights, v).transpose(0, 2, 1, 3)  # (B, Lq, H, dh)
     return context.reshape(context.shape[:2] + (self.hidden,))  # (B, Lq, D)
 
 
@@ -98,7 +124,7 @@ class AttentionLayer(nn.Module):
   @nn.compact
   def __call__(self, query, key, value, mask, *, train: bool, residual=None):
     residual = query if residual is None else residual
-    drop = nn.Dropout(self.dropout, deterministic=not train)
+    drop = Dropout(self.dropout, deterministic=not train)
     context = MultiHeadAttention(self.hidden, self.num_heads, self.dropout, name="attention")(
         query, key, value, mask, train=train)
     h = LayerNorm(self.eps, "norm1")(residual + drop(context))

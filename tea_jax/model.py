@@ -8,13 +8,14 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 
 from tea_jax.config import MERGE_MODES
 from tea_jax.embeddings import NarrativeMerge, PositionalTable, Projection, WordEmbedding
 from tea_jax.encoder import FrameEncoder, ProposalEncoder
 from tea_jax.fusion import ContextQueryFusion, HighlightGate
 from tea_jax.predictor import SpanPredictor
-from tea_jax.proposals import proposal_map
+from tea_jax.proposals import num_cells, proposal_map, scatter_upper, upper_triangle
 from tea_jax.ranker import Ranker
 
 
@@ -59,17 +60,23 @@ class TEA(nn.Module):
     stream = FrameEncoder(**self._sizes(), content_kernel=c.content_kernel,
                           name="video_encoder")(video, query, video_mask, query_mask, train=train)
     proposals, proposal_mask, bounds = proposal_map(video, video_mask, c.cell_size)
+    # Rows j < i are invalid everywhere and reach no valid output (see tea_jax.proposals); with a
+    # bound kernel of 1 no row mixes with its neighbours, so only the upper triangle is computed.
+    cells = num_cells(length, c.cell_size)
+    keep = upper_triangle(cells) if c.bound_kernel == 1 else np.arange(cells * cells)
     proposals, proposal_query = ProposalEncoder(
         **self._sizes(), cell_size=c.cell_size, bound_kernel=c.bound_kernel,
-        name="proposal_encoder")(proposals, proposal_mask, bounds, stream, video, stream["q1"],
-                                 query_mask, train=train)
+        name="proposal_encoder")(proposals[:, keep], proposal_mask[:, keep], bounds[:, keep],
+                                 stream, video, stream["q1"], query_mask, train=train)
 
     frames = ContextQueryFusion(c.hidden, c.dropout, name="frame_fusion")(
         stream["frames"], stream["query"], video_mask, query_mask, train=train)
     frames, highlight = HighlightGate(name="gate")(frames, video_mask)
     start_logits, end_logits = SpanPredictor(c.hidden, name="predictor")(frames, video_mask)
     proposals = ContextQueryFusion(c.hidden, c.dropout, name="proposal_fusion")(
-        proposals, proposal_query, proposal_mask, query_mask, train=train)
+        proposals, proposal_query, proposal_mask[:, keep], query_mask, train=train)
+    if len(keep) < cells * cells:
+      proposals = scatter_upper(proposals, cells)
     proposal_scores = Ranker(c.hidden, name="ranker")(proposals, proposal_mask)
 
     start_prob = jax.nn.softmax(start_logits, axis=-1)

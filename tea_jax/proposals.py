@@ -1,7 +1,14 @@
-"""The proposal map of EMB's elastic-boundary branch (MODEL.md section 6)."""
+"""The proposal map of EMB's elastic-boundary branch (MODEL.md section 6).
+
+Proposals with j < i are invalid in every sample. Their rows never reach a valid output (they are
+masked keys everywhere, zeroed before the ranker and, with the default bound kernel of 1, mixed with
+no neighbour), so the model runs the proposal blocks on the upper triangle only (N(N+1)/2 rows
+instead of N^2: 136 vs 256 at L = 128) and scatters back to the full N x N map for the ranker.
+"""
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tea_jax.layers import MASK_VALUE
 
@@ -51,3 +58,15 @@ def proposal_map(frames: jax.Array, video_mask: jax.Array, cell_size: int = 8):
   bounds = jnp.stack([start, end], axis=-1) * mask[..., None]
   mask = mask.reshape(b, n * n).astype(frames.dtype)
   return features, mask, bounds.reshape(b, n * n, 2).astype(jnp.int32)
+
+
+def upper_triangle(n: int) -> np.ndarray:
+  """Flat indices i * N + j of the proposals with j >= i (the only ones that can be valid)."""
+  i, j = np.triu_indices(n)
+  return (i * n + j).astype(np.int32)
+
+
+def scatter_upper(values: jax.Array, n: int) -> jax.Array:
+  """Inverse of `values[:, upper_triangle(n)]`: (B, N(N+1)/2, ...) -> (B, N*N, ...), zeros below."""
+  full = jnp.zeros((values.shape[0], n * n) + values.shape[2:], values.dtype)
+  return full.at[:, upper_triangle(n)].set(values)

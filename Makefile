@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` (the main job on the bundled synthetic benchmark) and
+# `make test` (the whole suite). Both create the virtualenv from requirements.txt on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup test bench
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs tests
+
+bench: $(STAMP)
+	$(PY) bench/model_step.py

@@ -1,0 +1,65 @@
+"""Shared test helpers: full-precision matmuls, the ../shared folder, tiny model configs."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+# Parity tests compare float32 to 1e-4..1e-6: no reduced-precision matmuls (TF32 on GPUs).
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("TEA_SHARED", REPO.parent / "shared"))
+_SKIPPED_SHARED = []
+
+
+def shared_path(*parts: str) -> pathlib.Path:
+  """A path under ../shared, or a loud skip when the folder is not beside the checkout."""
+  path = SHARED.joinpath(*parts)
+  if not path.exists():
+    _SKIPPED_SHARED.append(str(path))
+    pytest.skip(f"SKIPPED (no shared data): {path} is absent; put the project's shared/ folder "
+                f"beside the checkout or set TEA_SHARED to run this test")
+  return path
+
+
+def pytest_terminal_summary(terminalreporter):
+  if _SKIPPED_SHARED:
+    terminalreporter.write_sep("!", f"{len(_SKIPPED_SHARED)} tests SKIPPED: shared data absent "
+                               f"({SHARED})", yellow=True, bold=True)
+
+
+def tiny_model_config(**overrides):
+  """A small model config so that tests compile and run in seconds."""
+  from tea_jax.config import model_config
+  c = model_config()
+  c.update(hidden=16, num_heads=2, video_dim=12, word_dim=6, narrative_dim=6, vocab_size=20,
+           max_positions=64)
+  c.update(overrides)
+  return c
+
+
+def random_batch(rng: np.random.Generator, config, lengths, words, length=None, num_words=None):
+  """A padded batch with the given valid lengths (video) and word counts (query)."""
+  length = length or max(lengths)
+  num_words = num_words or max(words)
+  b = len(lengths)
+  video_mask = (np.arange(length)[None] < np.asarray(lengths)[:, None]).astype(np.float32)
+  query_mask = (np.arange(num_words)[None] < np.asarray(words)[:, None]).astype(np.float32)
+  return {
+      "video": (rng.normal(size=(b, length, config.video_dim)) * video_mask[..., None]
+                ).astype(np.float32),
+      "video_mask": video_mask,
+      "word_ids": (rng.integers(1, config.vocab_size, (b, num_words)) * query_mask
+                   ).astype(np.int32),
+      "query_mask": query_mask,
+      "narrative": (rng.normal(size=(b, length, config.narrative_dim)) * video_mask[..., None]
+                    ).astype(np.float32),
+  }
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)

@@ -1,0 +1,133 @@
+"""Fusion, gate, BiLSTM predictor and ranker against numpy references (MODEL.md section 8)."""
+
+import jax
+import numpy as np
+
+from tea_jax.fusion import ContextQueryFusion, HighlightGate
+from tea_jax.predictor import BiLSTM, SpanPredictor
+from tea_jax.ranker import Ranker, valid_count_weights
+
+
+def np_softmax(x, axis):
+  e = np.exp(x - x.max(axis=axis, keepdims=True))
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def lin(p, x):
+  return x @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
+
+
+def test_context_query_fusion_matches_numpy(rng):
+  b, lc, w, d = 2, 6, 4, 8
+  ctx = rng.normal(size=(b, lc, d)).astype(np.float32)
+  qry = rng.normal(size=(b, w, d)).astype(np.float32)
+  cmask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.float32)
+  qmask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
+  mod = ContextQueryFusion(d, 0.2)
+  params = mod.init(jax.random.key(0), ctx, qry, cmask, qmask, train=False)["params"]
+  ours = np.asarray(mod.apply({"params": params}, ctx, qry, cmask, qmask, train=False))
+  p = {k: np.asarray(v, np.float64) if not isinstance(v, dict) else v for k, v in params.items()}
+  c, q = ctx.astype(np.float64), qry.astype(np.float64)
+  s = (c @ p["w_c"])[:, :, None] + (q @ p["w_q"])[:, None, :] + (c * p["w_m"]) @ q.transpose(0, 2, 1)
+  a = np_softmax(s + (1 - qmask[:, None, :]) * -1e30, 2)
+  bm = np_softmax(s + (1 - cmask[:, :, None]) * -1e30, 1)
+  c2q = a @ q
+  q2c = a @ bm.transpose(0, 2, 1) @ c  # the reference's association: (A B^T) X
+  x = lin(params["cqa_linear"], np.concatenate([c, c2q, c * c2q, c * q2c], -1))
+  pool = np_softmax(q @ p["w_pool"] + (1 - qmask) * -1e30, 1)
+  pooled = np.einsum("bw,bwd->bd", pool, q)[:, None].repeat(lc, 1)
+  expected = np.maximum(lin(params["concat_linear"], np.concatenate([x, pooled], -1)), 0)
+  np.testing.assert_allclose(ours, expected, atol=2e-5)
+
+
+def test_gate_is_exactly_zero_on_padding(rng):
+  x = rng.normal(size=(2, 5, 4)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], np.float32)
+  gate = HighlightGate()
+  params = gate.init(jax.random.key(0), x, mask)["params"]
+  gated, h = gate.apply({"params": params}, x, mask)
+  logits = lin(params["dense"], x.astype(np.float64))[..., 0]
+  expected = 1 / (1 + np.exp(-logits)) * mask
+  np.testing.assert_allclose(np.asarray(h), expected, atol=1e-6)
+  assert np.all(np.asarray(h)[1, 2:] == 0)
+  np.testing.assert_allclose(np.asarray(gated), x * expected[..., None], atol=1e-6)
+
+
+def np_lstm(x, w_ih, w_hh, b, reverse):
+  """Plain PyTorch-convention LSTM (i, f, g, o) over the rows of x, from a zero state."""
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  hid = np.zeros(w_hh.shape[0])
+  mem = np.zeros(w_hh.shape[0])
+  out = np.zeros((x.shape[0], w_hh.shape[0]))
+  order = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+  for t in order:
+    i, f, g, o = np.split(x[t] @ w_ih + hid @ w_hh + b, 4)
+    mem = sig(f) * mem + sig(i) * np.tanh(g)
+    hid = sig(o) * np.tanh(mem)
+    out[t] = hid
+  return out
+
+
+def test_bilstm_respects_each_length_in_both_directions(rng):
+  lengths, l, din, h = [7, 3, 1], 7, 5, 4
+  x = rng.normal(size=(3, l, din)).astype(np.float32)
+  mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)
+  x_padded = x.copy()
+  x_padded[mask == 0] = 99.0  # padded rows must not leak into any valid output
+  mod = BiLSTM(h)
+  params = mod.init(jax.random.key(0), x, mask)["params"]
+  ours = np.asarray(mod.apply({"params": params}, x_padded, mask))
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  for s, n in enumerate(lengths):
+    for direction, cols, reverse in (("forward", slice(0, h), False),
+                                     ("backward", slice(h, 2 * h), True)):
+      ref = np_lstm(x[s, :n].astype(np.float64), p[f"{direction}_w_ih"], p[f"{direction}_w_hh"],
+                    p[f"{direction}_b_ih"] + p[f"{direction}_b_hh"], reverse)
+      np.testing.assert_allclose(ours[s, :n, cols], ref, atol=1e-5)
+    assert np.all(ours[s, n:] == 0)
+
+
+def test_span_predictor_masks_padding(rng):
+  x = rng.normal(size=(2, 6, 8)).astype(np.float32)
+  mask = np.array([[1] * 6, [1, 1, 1, 1, 0, 0]], np.float32)
+  mod = SpanPredictor(8)
+  params = mod.init(jax.random.key(0), x, mask)
+  start, end = mod.apply(params, x, mask)
+  assert np.all(np.asarray(start)[1, 4:] < -1e29) and np.all(np.asarray(end)[1, 4:] < -1e29)
+  assert np.all(np.abs(np.asarray(start)[1, :4]) < 1e3)
+
+
+def brute_count_weights(mask_map):
+  b, n, _ = mask_map.shape
+  w = np.zeros_like(mask_map)
+  for s in range(b):
+    for i in range(n):
+      for j in range(n):
+        count = sum(mask_map[s, a, c] for a in range(i - 1, i + 2) for c in range(j - 1, j + 2)
+                    if 0 <= a < n and 0 <= c < n)
+        w[s, i, j] = 1.0 / count if count else 0.0
+  return w
+
+
+def test_ranker_matches_numpy_conv_and_count_normalisation(rng):
+  b, n, d = 2, 4, 3
+  mask_map = np.triu(np.ones((n, n), np.float32))[None].repeat(b, 0)
+  mask_map[1, :, 2:] = 0  # second sample: cells 2.. invalid
+  np.testing.assert_allclose(np.asarray(valid_count_weights(mask_map)),
+                             brute_count_weights(mask_map), rtol=1e-6)
+  feats = rng.normal(size=(b, n * n, d)).astype(np.float32)
+  mask = mask_map.reshape(b, n * n)
+  ranker = Ranker(d)
+  params = ranker.init(jax.random.key(0), feats, mask)["params"]
+  ours = np.asarray(ranker.apply({"params": params}, feats, mask))
+  x = np.pad((feats * mask[..., None]).reshape(b, n, n, d), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  kernel = np.asarray(params["conv"]["kernel"], np.float64)  # (3, 3, in, out)
+  y = np.zeros((b, n, n, d))
+  for i in range(n):
+    for j in range(n):
+      y[:, i, j] = np.einsum("bxyc,xyco->bo", x[:, i:i + 3, j:j + 3], kernel)
+  y = np.maximum(y + np.asarray(params["conv"]["bias"]), 0) * brute_count_weights(mask_map)[..., None]
+  logits = y @ np.asarray(params["score"]["kernel"])[0, 0] + np.asarray(params["score"]["bias"])
+  expected = (1 / (1 + np.exp(-logits[..., 0]))) * mask_map
+  np.testing.assert_allclose(ours, expected.reshape(b, n * n), atol=1e-6)
+  assert np.all(ours[mask == 0] == 0)
