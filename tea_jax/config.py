@@ -40,3 +40,21 @@ def model_config() -> ml_collections.ConfigDict:
   # Weight alpha of the paragraph branch: p = (p_v + alpha p_c) / (1 + alpha).
   c.alpha = 0.5
   return c
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  """Loss weights and label rules of MODEL.md section 10 (EMB's defaults)."""
+  c = ml_collections.ConfigDict()
+  # Weight of the highlight (gate) BCE in the total loss.
+  c.highlight_weight = 5.0
+  # Weight of the proposal-ranking BCE in the total loss.
+  c.rank_weight = 1.0
+  # Ranking targets: clip((IoU - rank_min_iou) / (rank_max_iou - rank_min_iou), 0, 1).
+  c.rank_min_iou = 0.3
+  c.rank_max_iou = 0.7
+  # The highlight region is extended on both sides by this fraction of its length (in snippets).
+  c.highlight_extension = 0.1
+  # End of the highlight region before extension: "min" of (true end, pseudo end) as in EMB's code,
+  # or "max" as the TEA paper's Eq. 16 writes it.
+  c.highlight_end = "min"
+  return c

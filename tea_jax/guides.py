@@ -38,7 +38,18 @@ def frame_cells(frames: jax.Array, cell_size: int, num_cells: int) -> jax.Array:
   b, length, d = frames.shape
   pad = num_cells * cell_size - length
   frames = jnp.pad(frames, ((0, 0), (0, pad), (0, 0)), constant_values=-1e-30)
-  return frames.reshape(b, num_cells, cell_size, d).max(axis=2)
+  return first_max(frames.reshape(b, num_cells, cell_size, d), axis=2)
+
+
+def first_max(x: jax.Array, axis: int) -> jax.Array:
+  """max along `axis` whose gradient goes to the FIRST maximal element only, like torch's max_pool.
+
+  Ties are real here: padded frames of a sample can be bitwise equal (e.g. V2's padded rows) while
+  their gradients differ (a fully masked attention row passes gradient to its raw scores even though
+  -1e30 absorbed them in the forward). jnp.max would split the gradient among the tied rows.
+  """
+  index = jnp.expand_dims(jnp.argmax(x, axis=axis), axis)
+  return jnp.squeeze(jnp.take_along_axis(x, index, axis=axis), axis)
 
 
 def bound_guides(frames: jax.Array, bounds: jax.Array, proposal_mask: jax.Array,

@@ -12,23 +12,22 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("TEA_SHARED", REPO.parent / "shared"))
-_SKIPPED_SHARED = []
 
 
 def shared_path(*parts: str) -> pathlib.Path:
   """A path under ../shared, or a loud skip when the folder is not beside the checkout."""
   path = SHARED.joinpath(*parts)
   if not path.exists():
-    _SKIPPED_SHARED.append(str(path))
     pytest.skip(f"SKIPPED (no shared data): {path} is absent; put the project's shared/ folder "
                 f"beside the checkout or set TEA_SHARED to run this test")
   return path
 
 
 def pytest_terminal_summary(terminalreporter):
-  if _SKIPPED_SHARED:
-    terminalreporter.write_sep("!", f"{len(_SKIPPED_SHARED)} tests SKIPPED: shared data absent "
-                               f"({SHARED})", yellow=True, bold=True)
+  skipped = [r for r in terminalreporter.stats.get("skipped", []) if "no shared data" in str(r.longrepr)]
+  if skipped:
+    terminalreporter.write_sep("!", f"{len(skipped)} tests SKIPPED: shared data absent ({SHARED})",
+                               yellow=True, bold=True)
 
 
 def tiny_model_config(**overrides):
