@@ -1,0 +1,22 @@
+"""Charades-CD (Yuan et al. 2021): the TEA paper's main Charades benchmark.
+
+    python -m tea_jax.main --config configs/charades_cd.py --config.data.root=data/charades_cd
+
+Expects under data.root: charades_{train,val,test_iid,test_ood}.json, features/ (I3D, one .npy per
+video), glove.840B.300d.txt and narratives.jsonl. The best checkpoint is selected on val.
+"""
+
+from configs import common
+
+
+def get_config():
+  c = common.base_config()
+  c.data = common.data_config(
+      root="data/charades_cd",
+      splits={"train": "charades_train.json", "val": "charades_val.json",
+              "test_iid": "charades_test_iid.json", "test_ood": "charades_test_ood.json"},
+      train="train", selection="val", evaluate=("val", "test_iid", "test_ood"))
+  c.model.merge = "concat"
+  c.model.paragraph_branch = True
+  c.lock()
+  return c

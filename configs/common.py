@@ -1,0 +1,80 @@
+"""Fields shared by every experiment config; dataset configs fill in `data` and may override."""
+
+import ml_collections
+
+from tea_jax.config import loss_config, model_config
+
+
+def data_config(root: str, splits: dict[str, str], train: str, selection: str,
+                evaluate: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """Where the inputs are and how records are built. Paths are relative to the working directory
+  unless absolute; `root` is prepended to every relative file name below it."""
+  d = ml_collections.ConfigDict()
+  # Folder holding the benchmark's files (annotations, features, vectors, narratives).
+  d.root = root
+  # Split name -> annotation file (relative to root). Order matters: the vocabulary counts the
+  # words of the splits in this order (EMB: train, val, test).
+  d.splits = dict(splits)
+  # Split to train on, split that selects the best checkpoint, splits evaluated.
+  d.train_split = train
+  d.selection_split = selection
+  d.eval_splits = list(evaluate)
+  # charades.json-style durations (needed by Charades-STA txt files; "" when not needed).
+  d.durations = ""
+  # Snippet features: a folder of <video_id>.npy (+ optional feature_shapes.json) or an .h5 file.
+  d.features = "features"
+  # Word vectors in GloVe text format (word v1 ... vD per line).
+  d.word_vectors = "glove.840B.300d.txt"
+  # Narration output (JSON lines, data_prep.narrate); "" for plain EMB records (zero narratives).
+  d.narratives = "narratives.jsonl"
+  # Output folder of the TFRecords and meta.json.
+  d.records_dir = "records"
+  # Most snippets per video after reduction (MODEL.md section 1) and most query words.
+  d.max_snippets = 128
+  d.max_words = 128
+  # Reduction of videos longer than max_snippets: "mean" (EMB code) or "max" (TEA paper text).
+  d.pooling = "mean"
+  # TFRecord shards per split (train is read in parallel from its shards).
+  d.num_shards = 4
+  # Fail on the first bad annotation record / missing feature instead of reporting and skipping.
+  d.strict = False
+  # Padded lengths of batches: 0 = automatic (longest in the records, rounded up to 8).
+  d.pad_snippets = 0
+  d.pad_words = 0
+  return d
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults of MODEL.md section 0 for everything but the data."""
+  c = ml_collections.ConfigDict()
+  # Seed of parameter init, dropout and data order.
+  c.seed = 0
+  # Samples per training step (global, over all devices).
+  c.batch_size = 16
+  # Samples per evaluation step.
+  c.eval_batch_size = 32
+  # Training epochs.
+  c.num_epochs = 100
+  c.model = model_config()
+  c.loss = loss_config()
+  c.optimizer = ml_collections.ConfigDict()
+  # Peak learning rate, decayed linearly to 0 over all steps.
+  c.optimizer.learning_rate = 5e-4
+  # Decoupled weight decay (AdamW) on the decayed parameter groups.
+  c.optimizer.weight_decay = 0.01
+  # Adam moments and epsilon (added to the uncorrected sqrt(v), as transformers-4.11's AdamW).
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-6
+  # Global gradient-norm clipping threshold.
+  c.optimizer.clip_norm = 1.0
+  # Evaluate every this many epochs (and at the end).
+  c.eval_every_epochs = 1
+  # Metric that selects the best checkpoint on data.selection_split ("r1_sum_miou" = EMB's
+  # R1@0.3 + R1@0.5 + R1@0.7 + mIoU).
+  c.selection_metric = "r1_sum_miou"
+  # Log training metrics every this many steps.
+  c.log_every_steps = 50
+  # Devices are shared over a mesh with one `data` axis; set for multi-host runs.
+  c.distributed = False
+  return c
