@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.selection_metric = "r1_sum_miou"
   # Log training metrics every this many steps.
   c.log_every_steps = 50
-  # Devices are shared over a mesh with one `data` axis; set for multi-host runs.
+  # Stop after this many steps (0 = train all epochs); a later run resumes to the end.
+  c.max_steps = 0
+  # Call jax.distributed.initialize() first (multi-host runs); devices form one `data` mesh axis.
   c.distributed = False
   return c

@@ -3,7 +3,10 @@
 Layout of a workdir:
   config.json            the experiment config (ml_collections, as a dict)
   vocab.json             the vocabulary the embedding table implies
-  checkpoints/<step>/    Orbax checkpoints; item `variables` = {"params", "frozen"}
+  checkpoints/<step>/    the latest Orbax checkpoints; items `variables` = {"params", "frozen"}
+                         and (training) `train_state` = {optimizer state, step}
+  best/<step>/           the best checkpoint by the configured metric (same items)
+  best.json              which step is best, by which metric and split, and its value
 """
 
 import json
@@ -11,11 +14,14 @@ import os
 import tempfile
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
 VARIABLES = "variables"
+TRAIN_STATE = "train_state"
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -44,34 +50,75 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def manager(workdir: str, *, max_to_keep: int | None = None,
+def manager(workdir: str, *, subdir: str = CHECKPOINT_DIR, max_to_keep: int | None = None,
             read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over `workdir/checkpoints` with the `variables` item."""
-  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  """A CheckpointManager over `workdir/<subdir>` with the `variables` and `train_state` items."""
+  directory = os.path.join(os.path.abspath(workdir), subdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(directory, options=options, item_names=(VARIABLES,))
+  return ocp.CheckpointManager(directory, options=options, item_names=(VARIABLES, TRAIN_STATE))
 
 
-def save_variables(workdir: str, variables: Any, step: int = 0) -> str:
-  """Saves flax variables as checkpoint `step`; returns its directory."""
-  with manager(workdir) as mngr:
-    mngr.save(step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardSave(variables)}),
-              force=True)
+def save(workdir: str, step: int, variables: Any, train_state: Any = None, *,
+         subdir: str = CHECKPOINT_DIR, max_to_keep: int | None = None) -> str:
+  """Saves a checkpoint (atomically: Orbax writes a temporary folder and renames it)."""
+  items = {VARIABLES: ocp.args.StandardSave(variables)}
+  if train_state is not None:
+    items[TRAIN_STATE] = ocp.args.StandardSave(train_state)
+  with manager(workdir, subdir=subdir, max_to_keep=max_to_keep) as mngr:
+    mngr.save(step, args=ocp.args.Composite(**items), force=True)
     mngr.wait_until_finished()
     return os.path.join(str(mngr.directory), str(step))
 
 
+def save_variables(workdir: str, variables: Any, step: int = 0) -> str:
+  """Saves flax variables only (imports); returns the checkpoint directory."""
+  return save(workdir, step, variables)
+
+
+def steps(workdir: str, subdir: str = CHECKPOINT_DIR) -> list[int]:
+  if not os.path.isdir(os.path.join(workdir, subdir)):
+    return []
+  with manager(workdir, subdir=subdir, read_only=True) as mngr:
+    return sorted(mngr.all_steps())
+
+
+def _abstract(tree):
+  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore(workdir: str, step: int, *, subdir: str = CHECKPOINT_DIR, variables_like=None,
+            train_state_like=None) -> dict[str, Any]:
+  """Restores the items of checkpoint `step`; `*_like` give target structures (e.g. optax states)."""
+  items = {VARIABLES: ocp.args.StandardRestore(
+      _abstract(variables_like) if variables_like is not None else None)}
+  if train_state_like is not None:
+    items[TRAIN_STATE] = ocp.args.StandardRestore(_abstract(train_state_like))
+  with manager(workdir, subdir=subdir, read_only=True) as mngr:
+    return dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
+
+
 def restore_variables(workdir: str, step: int | None = None) -> tuple[Any, int]:
-  """Restores the variables of checkpoint `step` (default: the latest) as numpy arrays."""
-  if not os.path.isdir(os.path.join(workdir, CHECKPOINT_DIR)):
-    raise FileNotFoundError(f"no {CHECKPOINT_DIR}/ in workdir {workdir!r}")
-  with manager(workdir, read_only=True) as mngr:
-    steps = mngr.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {workdir}/{CHECKPOINT_DIR}")
-    step = mngr.latest_step() if step is None else step
-    if step not in steps:
-      raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}; it has {sorted(steps)}")
-    restored = mngr.restore(step, args=ocp.args.Composite(**{VARIABLES: ocp.args.StandardRestore()}))
-  return restored[VARIABLES], step
+  """Variables of checkpoint `step` (searched in checkpoints/ and best/), else of the best
+  checkpoint, else of the latest one. Returns (variables, step)."""
+  latest, best = steps(workdir, CHECKPOINT_DIR), steps(workdir, BEST_DIR)
+  if not latest and not best:
+    raise FileNotFoundError(f"no checkpoint in workdir {workdir!r} ({CHECKPOINT_DIR}/ or "
+                            f"{BEST_DIR}/)")
+  if step is None:
+    subdir, step = (BEST_DIR, best[-1]) if best else (CHECKPOINT_DIR, latest[-1])
+  elif step in best:
+    subdir = BEST_DIR
+  elif step in latest:
+    subdir = CHECKPOINT_DIR
+  else:
+    raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}; it has "
+                            f"{sorted(set(latest) | set(best))}")
+  return restore(workdir, step, subdir=subdir)[VARIABLES], step
+
+
+def read_json(path: str, default=None):
+  if not os.path.isfile(path):
+    return default
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)

@@ -1,0 +1,191 @@
+"""A small synthetic moment-retrieval benchmark written in the REAL input formats.
+
+    python -m data_prep.synthetic --out demo_data [--videos 240 --seed 0]
+
+Writes, under --out:
+  charades_sta_{train,test,test_ood,novel_word,novel_composition}.txt   `vid start end##sentence`
+  charades.json            {vid: {"duration": seconds}}
+  features/<vid>.npy       (T, video_dim) float32 snippet features, one per second
+  glove.txt                GloVe-format word vectors (`word v1 ... vD`), including a malformed line
+  narratives.jsonl         one line per video, as data_prep.narrate writes it
+
+The world: an action is a (verb, object) pair. A video is a sequence of 2-4 action segments over a
+background. Snippet features carry a weak, noisy visual signature of the action on screen (verb and
+object parts), so vision alone is ambiguous. Queries describe ONE segment with a small vocabulary
+("person opens the door"). Narratives describe every second with more varied words (synonyms,
+scene words), and some seconds are mislabelled: the text channel TEA adds is informative but noisy.
+Word vectors give synonyms nearby vectors, as GloVe would.
+
+Splits: `train`; `test` drawn like train; `test_ood`: moments placed where train never puts them
+(train moments start in the first 60% of a video, ood moments in the last 40%); `novel_word`: queries
+use verb synonyms that never occur in training queries but do occur in training narratives;
+`novel_composition`: (verb, object) pairs never queried in training. Nothing here is tuned to make
+TEA win: the same generator feeds EMB and TEA.
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+# verb -> synonyms used only by narratives (and by novel-word queries).
+VERBS = {"open": ["unlock", "unseal"], "close": ["shut", "seal"], "hold": ["grip", "clutch"],
+         "wash": ["rinse", "scrub"], "eat": ["munch", "devour"], "throw": ["toss", "hurl"],
+         "fix": ["repair", "mend"], "watch": ["observe", "view"]}
+OBJECTS = {"door": ["doorway", "entrance"], "window": ["pane", "glass"], "cup": ["mug", "tumbler"],
+           "book": ["novel", "notebook"], "phone": ["smartphone", "cellphone"],
+           "sandwich": ["snack", "bread"], "shoe": ["sneaker", "boot"], "box": ["carton", "crate"]}
+SCENE_WORDS = ["kitchen", "bedroom", "hallway", "living", "room", "a", "man", "woman", "wearing",
+               "red", "blue", "shirt", "near", "table", "standing", "in", "the", "is", "slowly",
+               "quickly", "person", "while", "sitting", "light", "dark", "corner"]
+# (verb, object) pairs never queried in training (novel-composition split).
+HELD_OUT_PAIRS = {("open", "window"), ("wash", "shoe"), ("eat", "book"), ("fix", "cup"),
+                  ("throw", "phone"), ("watch", "box")}
+
+
+def third_person(verb: str) -> str:
+  return verb + ("es" if verb.endswith(("sh", "ch", "x")) else "s")
+
+
+def word_vectors(rng: np.random.Generator, dim: int) -> dict[str, np.ndarray]:
+  """Synonyms share a base direction (cosine ~0.8), like GloVe neighbours."""
+  vectors = {}
+  for groups in (VERBS, OBJECTS):
+    for head, synonyms in groups.items():
+      base = rng.normal(size=dim)
+      for word in [head] + synonyms:
+        vectors[word] = base + 0.5 * rng.normal(size=dim)
+      vectors[third_person(head)] = vectors[head] + 0.2 * rng.normal(size=dim)
+      for syn in synonyms:
+        vectors[third_person(syn)] = vectors[syn] + 0.2 * rng.normal(size=dim)
+  for word in SCENE_WORDS + ["the", "a", ".", ",", "person", "then", "and", "someone"]:
+    vectors.setdefault(word, rng.normal(size=dim))
+  return {w: (v / np.linalg.norm(v)).astype(np.float32) for w, v in vectors.items()}
+
+
+class World:
+  """Visual signatures of verbs and objects in the snippet-feature space."""
+
+  def __init__(self, rng: np.random.Generator, video_dim: int):
+    self.rng = rng
+    self.verb_sig = {v: rng.normal(size=video_dim) for v in VERBS}
+    self.object_sig = {o: rng.normal(size=video_dim) for o in OBJECTS}
+    self.video_dim = video_dim
+
+  def features(self, duration: int, segments) -> np.ndarray:
+    """(T = duration, D): background drift + weak action signatures + noise."""
+    rng = self.rng
+    t = duration
+    drift = np.cumsum(rng.normal(size=(t, self.video_dim)) * 0.3, axis=0) / np.sqrt(np.arange(1, t + 1))[:, None]
+    feats = drift + rng.normal(size=(t, self.video_dim)) * 1.0
+    for (verb, obj), start, end in segments:
+      strength = rng.uniform(0.35, 0.7)
+      feats[start:end] += strength * (self.verb_sig[verb] + self.object_sig[obj]) / np.sqrt(2)
+    return feats.astype(np.float32)
+
+
+def caption(rng: np.random.Generator, verb: str | None, obj: str | None) -> str:
+  """A narrator-style caption of one second: synonyms and scene words, sometimes background."""
+  scene = " ".join(rng.choice(SCENE_WORDS, size=rng.integers(3, 7)))
+  if verb is None:
+    return f"a person is standing in the {rng.choice(['kitchen', 'bedroom', 'hallway'])} . {scene} ."
+  v = rng.choice([verb] + VERBS[verb])
+  o = rng.choice([obj] + OBJECTS[obj])
+  return f"a person {third_person(v)} the {o} {scene} ."
+
+
+def make_video(rng, world, split):
+  """One video of 2-4 segments; returns duration, features, narratives and segments.
+
+  Segments start in the first 60% of the video, except in `test_ood` videos where they all start
+  in the last 40%. `novel_composition` videos contain at least one held-out (verb, object) pair,
+  other videos none.
+  """
+  duration = int(rng.integers(20, 41))
+  late = split == "test_ood"
+  n_seg = int(rng.integers(1, 3)) if late else int(rng.integers(2, 5))
+  actions = []
+  if split == "novel_composition":
+    actions.append(tuple(sorted(HELD_OUT_PAIRS)[rng.integers(len(HELD_OUT_PAIRS))]))
+  while len(actions) < n_seg:
+    pair = (str(rng.choice(list(VERBS))), str(rng.choice(list(OBJECTS))))
+    if pair not in HELD_OUT_PAIRS and pair not in actions:
+      actions.append(pair)
+  rng.shuffle(actions)
+  # Non-overlapping segments (cut points in order), inside the allowed region.
+  lo, hi = (int(np.ceil(0.6 * duration)), duration - 1) if late else (1, duration - 1)
+  cuts = np.sort(rng.choice(np.arange(lo, hi), size=2 * n_seg, replace=False))
+  segments = [(actions[k], int(cuts[2 * k]), int(cuts[2 * k + 1]) + 1) for k in range(n_seg)]
+  feats = world.features(duration, segments)
+  narratives = []
+  for second in range(duration):
+    active = [a for a, s, e in segments if s <= second < e]
+    if rng.random() < 0.15:  # the narrator is wrong now and then
+      active = [(str(rng.choice(list(VERBS))), str(rng.choice(list(OBJECTS))))]
+    verb, obj = active[0] if active else (None, None)
+    narratives.append({"t": float(second), "text": caption(rng, verb, obj)})
+  return duration, feats, narratives, segments
+
+
+def query_text(verb: str, obj: str, use_synonym: bool, rng) -> str:
+  v = rng.choice(VERBS[verb]) if use_synonym else verb
+  return f"person {third_person(v)} the {obj}."
+
+
+def generate(out: str, videos: int = 240, seed: int = 0, video_dim: int = 256,
+             word_dim: int = 50) -> dict:
+  """Writes the benchmark; returns counts per split."""
+  rng = np.random.default_rng(seed)
+  world = World(rng, video_dim)
+  os.makedirs(os.path.join(out, "features"), exist_ok=True)
+  splits = {s: [] for s in ("train", "test", "test_ood", "novel_word", "novel_composition")}
+  durations, narration_lines = {}, []
+  plan = (["train"] * int(videos * 0.55) + ["test"] * int(videos * 0.15)
+          + ["test_ood"] * int(videos * 0.1) + ["novel_word"] * int(videos * 0.1))
+  plan += ["novel_composition"] * (videos - len(plan))
+  for n, split in enumerate(plan):
+    vid = f"S{n:04d}"
+    duration, feats, narratives, segments = make_video(rng, world, split)
+    np.save(os.path.join(out, "features", f"{vid}.npy"), feats)
+    durations[vid] = {"duration": float(duration), "subset": split}
+    narration_lines.append({"video_id": vid, "interval": 1.0, "narratives": narratives,
+                            "model": "synthetic", "prompt": None})
+    for (verb, obj), start, end in segments:
+      if split == "novel_composition" and (verb, obj) not in HELD_OUT_PAIRS:
+        continue
+      if split != "test_ood" and start >= 0.6 * duration:
+        continue
+      text = query_text(verb, obj, split == "novel_word", rng)
+      splits[split].append(f"{vid} {float(start):.1f} {float(end):.1f}##{text}")
+  for split, lines in splits.items():
+    with open(os.path.join(out, f"charades_sta_{split}.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+  with open(os.path.join(out, "charades.json"), "w", encoding="utf-8") as f:
+    json.dump(durations, f)
+  with open(os.path.join(out, "narratives.jsonl"), "w", encoding="utf-8") as f:
+    for line in narration_lines:
+      f.write(json.dumps(line) + "\n")
+  vectors = word_vectors(rng, word_dim)
+  with open(os.path.join(out, "glove.txt"), "w", encoding="utf-8") as f:
+    for word, vec in vectors.items():
+      f.write(word + " " + " ".join(f"{x:.5f}" for x in vec) + "\n")
+    # GloVe 840B has lines whose "word" contains spaces; readers must skip them.
+    f.write("at home " + " ".join("0.1" for _ in range(word_dim)) + "\n")
+  return {s: len(v) for s, v in splits.items()}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--videos", type=int, default=240)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--video-dim", type=int, default=256)
+  parser.add_argument("--word-dim", type=int, default=50)
+  args = parser.parse_args(argv)
+  counts = generate(args.out, args.videos, args.seed, args.video_dim, args.word_dim)
+  print(json.dumps({"out": args.out, "pairs": counts}))
+
+
+if __name__ == "__main__":
+  main()

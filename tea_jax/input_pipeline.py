@@ -1,0 +1,163 @@
+"""tf.data reader of the TFRecords written by data_prep.build_records.
+
+Batches are numpy dicts of FIXED shapes (padded snippets L and words W are the same for every
+batch of a run), so the jitted step never recompiles:
+  video (B, L, Dv), narrative (B, L, Dn), video_mask (B, L), word_ids (B, W) int32, query_mask
+  (B, W), start_label / end_label (B,) int32, duration / start_time / end_time (B,) float32,
+  pair_index (B,) int32, valid (B,) float32 (0 on padding examples), video_id / query (B,) str.
+Training: shuffled (a fresh order per epoch, derived from the seed and the epoch) and repeated; it
+can start at any step, so a resumed run sees exactly the batches it would have seen.
+Evaluation: every example exactly once, in record order; the last batch is padded with examples
+whose `valid` is 0.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tea_jax.records import record_features
+
+# TensorFlow only feeds data here: it must never take a GPU (or its memory) from JAX.
+tf.config.set_visible_devices([], "GPU")
+
+STRING_KEYS = ("video_id", "query")
+
+
+def load_meta(records_dir: str) -> dict:
+  path = os.path.join(records_dir, "meta.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no meta.json in {records_dir}: build the records first "
+                            f"(python -m data_prep.build_records --config ...)")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def round_up(n: int, multiple: int = 8) -> int:
+  return max(multiple, -(-n // multiple) * multiple)
+
+
+def padded_lengths(data_config, meta: dict) -> tuple[int, int]:
+  """(L, W) of every batch: the config's values, or the longest in the records rounded up to 8."""
+  length = data_config.pad_snippets or min(round_up(meta["max_snippets_seen"]),
+                                           max(data_config.max_snippets, 8))
+  words = data_config.pad_words or round_up(meta["max_words_seen"])
+  if length < meta["max_snippets_seen"]:
+    raise ValueError(f"config.data.pad_snippets={length} is shorter than the longest video in the "
+                     f"records ({meta['max_snippets_seen']} snippets)")
+  if words < meta["max_words_seen"]:
+    raise ValueError(f"config.data.pad_words={words} is shorter than the longest query in the "
+                     f"records ({meta['max_words_seen']} words)")
+  return length, words
+
+
+def split_files(records_dir: str, meta: dict, split: str) -> list[str]:
+  if split not in meta["splits"]:
+    raise KeyError(f"split {split!r} is not in {records_dir} (it has {sorted(meta['splits'])})")
+  files = [os.path.join(records_dir, name) for name in meta["splits"][split]["shards"]]
+  for path in files:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"record shard missing: {path}")
+  return files
+
+
+def _parser(meta: dict, length: int, words: int):
+  schema = record_features(meta["video_dim"], meta["narrative_dim"])
+
+  def parse(serialized):
+    ex = schema.deserialize_example(serialized)
+    v_len = tf.shape(ex["video"])[0]
+    n_words = tf.shape(ex["word_ids"])[0]
+    pad_rows = [[0, length - v_len], [0, 0]]
+    return {
+        "video": tf.pad(ex["video"], pad_rows),
+        "narrative": tf.pad(ex["narrative"], pad_rows),
+        "video_mask": tf.cast(tf.range(length) < v_len, tf.float32),
+        "word_ids": tf.pad(tf.cast(ex["word_ids"], tf.int32), [[0, words - n_words]]),
+        "query_mask": tf.cast(tf.range(words) < n_words, tf.float32),
+        "start_label": tf.cast(ex["start_label"], tf.int32),
+        "end_label": tf.cast(ex["end_label"], tf.int32),
+        "duration": ex["duration"], "start_time": ex["start_time"], "end_time": ex["end_time"],
+        "pair_index": tf.cast(ex["pair_index"], tf.int32),
+        "valid": tf.constant(1.0, tf.float32),
+        "video_id": ex["video_id"], "query": ex["query"],
+    }
+
+  return parse
+
+
+def _to_numpy(batch: dict) -> dict:
+  out = {}
+  for key, value in batch.items():
+    value = value.numpy()
+    out[key] = value.astype(str) if key in STRING_KEYS else value
+  return out
+
+
+class Records:
+  """The record set of one config: split sizes, padded lengths and batch iterators."""
+
+  def __init__(self, records_dir: str, data_config):
+    self.records_dir = records_dir
+    self.meta = load_meta(records_dir)
+    self.length, self.words = padded_lengths(data_config, self.meta)
+
+  def size(self, split: str) -> int:
+    return self.meta["splits"][split]["pairs"]
+
+  def train_batches(self, split: str, batch_size: int, seed: int, start_step: int = 0,
+                    num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):
+    """Endless (or num_epochs) shuffled full batches, starting at `start_step`.
+
+    Epoch e visits every example once in an order fixed by (seed, e); batches run across epoch
+    boundaries, so steps = ceil(epochs * n / batch). Multi-host: each process reads every
+    process_count-th example of the global order (its share of the global batch).
+    """
+    files = split_files(self.records_dir, self.meta, split)
+    n = self.size(split)
+    if n == 0:
+      raise ValueError(f"split {split!r} has no examples")
+    local_batch = batch_size // process_count
+    first = start_step * batch_size  # global example position
+    first_epoch, offset = divmod(first, n)
+    last_epoch = num_epochs if num_epochs is not None else np.iinfo(np.int32).max
+
+    def epoch(e):
+      ds = tf.data.TFRecordDataset(files)
+      return ds.shuffle(n, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
+                        reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch).skip(offset)
+    if process_count > 1:
+      ds = ds.shard(process_count, process_index)
+    parse = _parser(self.meta, self.length, self.words)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    for batch in ds:
+      yield _to_numpy(batch)
+
+  def eval_batches(self, split: str, batch_size: int):
+    """Every example once, in record order; the last batch is padded with valid = 0 rows."""
+    files = split_files(self.records_dir, self.meta, split)
+    parse = _parser(self.meta, self.length, self.words)
+    ds = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                             deterministic=True)
+    for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+      batch = _to_numpy(batch)
+      short = batch_size - len(batch["valid"])
+      if short:
+        batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)
+                                    if k not in STRING_KEYS else np.full(short, "", v.dtype)])
+                 for k, v in batch.items()}
+        # A padding example still needs one valid snippet and word so that its math stays finite.
+        batch["video_mask"][-short:, 0] = 1.0
+        batch["query_mask"][-short:, 0] = 1.0
+      yield batch
+
+  def word_vectors(self) -> np.ndarray:
+    return np.load(os.path.join(self.records_dir, "word_vectors.npy"))
+
+  def vocabulary(self) -> list[str]:
+    with open(os.path.join(self.records_dir, "vocab.json"), encoding="utf-8") as f:
+      return json.load(f)

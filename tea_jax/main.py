@@ -1,0 +1,43 @@
+"""Command line: train and evaluate, or evaluate a checkpoint.
+
+    python -m tea_jax.main --config configs/charades.py --workdir runs/charades [--config.batch_size=32]
+    python -m tea_jax.main --config configs/charades.py --workdir runs/charades --mode eval [--step N]
+
+Training resumes automatically from the latest checkpoint in --workdir. `--mode eval` restores the
+best checkpoint (or --step) of --workdir, also one written by `python -m tea_jax.import_emb`, and
+writes metrics.json and predictions_<split>.jsonl there. With the demo config the synthetic data and
+its records are generated first when they are missing.
+"""
+
+import json
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, logs, metrics and predictions go here.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (and evaluate) or only evaluate.")
+flags.DEFINE_integer("step", None, "With --mode eval: the checkpoint step (default: the best).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  from tea_jax import demo, train  # pylint: disable=import-outside-toplevel
+  config = FLAGS.config
+  demo.prepare_data_if_synthetic(config)
+  if FLAGS.mode == "train":
+    result = train.train_and_evaluate(config, FLAGS.workdir)
+    print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))
+  else:
+    print(json.dumps(train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step), indent=1))
+  print(f"outputs in {os.path.abspath(FLAGS.workdir)}")
+
+
+if __name__ == "__main__":
+  app.run(main)

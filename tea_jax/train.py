@@ -1,0 +1,303 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)` and `evaluate_checkpoint`.
+
+The train step is pure and compiled once with `jax.jit` over a `jax.make_mesh` mesh with a `data`
+axis: parameters and optimiser state replicated, the batch sharded over devices, the state donated.
+The same code runs on 1 CPU, N GPUs and several hosts (`config.distributed` calls
+`jax.distributed.initialize`). The epoch-dependent IoU threshold is an argument, so nothing
+recompiles between epochs. Training resumes from the latest checkpoint of the workdir.
+"""
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from tea_jax import checkpointing, inference, losses, metrics, optim
+from tea_jax.input_pipeline import STRING_KEYS, Records
+from tea_jax.model import TEA
+from tea_jax.writer import MetricWriter
+
+log = logging.getLogger("tea_jax")
+
+# Batch entries the jitted functions read (strings stay on the host).
+DEVICE_KEYS = ("video", "narrative", "video_mask", "word_ids", "query_mask", "start_label",
+               "end_label", "duration", "valid")
+
+
+class TrainingDiverged(FloatingPointError):
+  """The loss became NaN or inf."""
+
+
+def records_dir(config) -> str:
+  d = config.data.records_dir
+  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis `data`.
+
+  Auto axis type: the jit shardings below place parameters and batches, and XLA propagates the
+  rest (JAX's default Explicit mode would ask every gather in the model for an output sharding).
+  """
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
+  devices = jax.device_count()
+  if batch_size % devices:
+    raise ValueError(f"{what}={batch_size} is not divisible by the {devices} devices; use a "
+                     f"multiple of {devices}")
+
+
+def with_data_sizes(config: ml_collections.ConfigDict, records: Records
+                    ) -> ml_collections.ConfigDict:
+  """The config with the sizes the records imply (vocabulary, feature widths)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  meta = records.meta
+  config.model.vocab_size = meta["vocab_size"]
+  for key in ("video_dim", "word_dim", "narrative_dim"):
+    if config.model[key] != meta[key]:
+      raise ValueError(f"config.model.{key}={config.model[key]} but the records in "
+                       f"{records.records_dir} have {meta[key]}")
+  return config
+
+
+def init_state(config, records: Records, tx, rng: jax.Array) -> tuple[dict, dict]:
+  """(variables, train_state) of a fresh run: EMB init, the data's word vectors frozen."""
+  variables = inference.init_params(config, rng)
+  vectors = records.word_vectors()
+  expected = variables["frozen"]["word_embedding"]["word_vectors"].shape
+  if vectors.shape != expected:
+    raise ValueError(f"word_vectors.npy has shape {vectors.shape}, expected {expected}")
+  variables = jax.tree_util.tree_map(np.asarray, variables)
+  variables["frozen"]["word_embedding"]["word_vectors"] = vectors
+  train_state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
+  return variables, train_state
+
+
+def make_train_step(config, tx, mesh):
+  """jit(train_step) with replicated state, data-sharded batch and donated state."""
+  model = TEA(config.model)
+  dropout_key = jax.random.key(config.seed + 1)
+
+  def train_step(variables, train_state, batch, threshold):
+    step = train_state["step"]
+    rng = jax.random.fold_in(dropout_key, step)
+
+    def loss_fn(params):
+      out = model.apply({"params": params, "frozen": variables["frozen"]}, batch, train=True,
+                        rngs={"dropout": rng})
+      return losses.total_loss(config, out, batch, threshold)
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
+    updates, opt_state = tx.update(grads, train_state["opt_state"], variables["params"])
+    params = jax.tree_util.tree_map(jnp.add, variables["params"], updates)
+    new_vars = {"params": params, "frozen": variables["frozen"]}
+    stats = dict(parts, loss=loss, grad_norm=optax.global_norm(grads))
+    return new_vars, {"opt_state": opt_state, "step": step + 1}, stats
+
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P("data"))
+  return jax.jit(train_step, in_shardings=(replicated, replicated, data, replicated),
+                 out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+
+
+def make_eval_step(config, mesh):
+  """jit(forward + decoding) with a data-sharded batch."""
+  model = TEA(config.model)
+
+  def eval_step(variables, batch):
+    out = model.apply(variables, batch, train=False)
+    start, end, score = metrics.decode_spans(out["start_prob"], out["end_prob"])
+    return {"start": start, "end": end, "score": score}
+
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P("data"))
+  return jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
+
+
+def to_device(batch: dict, mesh) -> dict:
+  """The jit inputs of a host batch, as global arrays sharded over `data` (multi-host safe)."""
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k])
+          for k in DEVICE_KEYS if k in batch}
+
+
+def evaluate_split(eval_step, variables, records: Records, split: str, batch_size: int, mesh,
+                   progress: bool = True) -> tuple[dict, list[dict]]:
+  """Metrics and per-pair predictions of one split (padding examples not counted)."""
+  preds = []
+  n = records.size(split)
+  for batch in tqdm(records.eval_batches(split, batch_size), total=math.ceil(n / batch_size),
+                    desc=f"eval {split}", leave=False, disable=not progress):
+    out = jax.device_get(eval_step(variables, to_device(batch, mesh)))
+    v_len = batch["video_mask"].sum(axis=1)
+    start_s, end_s = metrics.index_to_time(out["start"], out["end"], v_len, batch["duration"])
+    overlap = metrics.iou(start_s, end_s, batch["start_time"], batch["end_time"])
+    for i in np.nonzero(batch["valid"] > 0)[0]:
+      preds.append({"video_id": str(batch["video_id"][i]), "query": str(batch["query"][i]),
+                    "pair_index": int(batch["pair_index"][i]),
+                    "pred_start": float(start_s[i]), "pred_end": float(end_s[i]),
+                    "true_start": float(batch["start_time"][i]),
+                    "true_end": float(batch["end_time"][i]),
+                    "score": float(out["score"][i]), "iou": float(overlap[i])})
+  if len(preds) != n:
+    raise RuntimeError(f"evaluated {len(preds)} pairs of {split}, expected {n}")
+  return metrics.summarise(np.array([p["iou"] for p in preds])), preds
+
+
+def write_predictions(path: str, preds: list[dict]) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for p in preds:
+      f.write(json.dumps(p) + "\n")
+  os.replace(tmp, path)
+
+
+def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
+                 progress: bool = True) -> dict:
+  """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
+  check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+  eval_step = make_eval_step(config, mesh)
+  results = {}
+  for split in config.data.eval_splits:
+    summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
+                                    mesh, progress)
+    results[split] = summary
+    write_predictions(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
+  selection = config.data.selection_split
+  checkpointing.write_json(os.path.join(out_dir, "metrics.json"), {
+      "step": int(step), "splits": results,
+      "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
+  return results
+
+
+def _setup(config):
+  if config.get("distributed", False):
+    jax.distributed.initialize()
+  check_batch_size(config.batch_size)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       progress: bool = True) -> dict:
+  """Trains (resuming from workdir), keeps the latest and the best checkpoints, evaluates."""
+  _setup(config)
+  os.makedirs(workdir, exist_ok=True)
+  records = Records(records_dir(config), config.data)
+  config = with_data_sizes(config, records)
+  checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  checkpointing.write_json(os.path.join(workdir, "vocab.json"),
+                           {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1,
+                            "words": records.vocabulary(), "source": records.records_dir})
+  mesh = make_mesh()
+  n_train = records.size(config.data.train_split)
+  steps_per_epoch = math.ceil(n_train / config.batch_size)
+  total_steps = config.num_epochs * steps_per_epoch
+  tx = optim.make_optimizer(config, total_steps)
+  variables, train_state = init_state(config, records, tx, jax.random.key(config.seed))
+
+  latest = checkpointing.steps(workdir)
+  if latest:
+    restored = checkpointing.restore(workdir, latest[-1], variables_like=variables,
+                                     train_state_like=train_state)
+    variables, train_state = restored["variables"], restored["train_state"]
+    log.info("resumed from step %d of %d", int(train_state["step"]), total_steps)
+  step = int(train_state["step"])
+  # Committed, replicated inputs from the first step on: the jitted step compiles exactly once.
+  replicated = NamedSharding(mesh, P())
+  variables, train_state = jax.device_put((variables, train_state), replicated)
+
+  train_step = make_train_step(config, tx, mesh)
+  eval_step = make_eval_step(config, mesh)
+  writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=jax.process_index() == 0)
+  best = checkpointing.read_json(os.path.join(workdir, "best.json"), default=None)
+  thresholds = losses.numpy_threshold_schedule(config.num_epochs)
+  max_steps = config.get("max_steps", 0) or total_steps
+  stop_at = min(total_steps, max_steps)
+  last_good = step
+
+  def save(at_step, variables, train_state):
+    checkpointing.save(workdir, at_step, variables, train_state, max_to_keep=2)
+
+  batches = records.train_batches(config.data.train_split, config.batch_size, config.seed,
+                                  start_step=step, process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not progress,
+             dynamic_ncols=True)
+  started, pending = time.time(), []
+  while step < stop_at:
+    epoch = step // steps_per_epoch
+    batch = next(batches)
+    variables, train_state, stats = train_step(variables, train_state, to_device(batch, mesh),
+                                               np.float32(thresholds[epoch]))
+    pending.append(stats)
+    step += 1
+    bar.update(1)
+    epoch_end = step % steps_per_epoch == 0 or step == stop_at
+    if step % config.log_every_steps == 0 or epoch_end:
+      host = jax.device_get(pending)
+      pending = []
+      mean = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
+      if not all(math.isfinite(v) for v in mean.values()):
+        raise TrainingDiverged(
+            f"loss became NaN/inf before step {step} ({mean}); the last good checkpoint "
+            f"(step {last_good}) is kept in {workdir}")
+      mean.update(learning_rate=float(optim.learning_rate_schedule(config, total_steps)(step - 1)),
+                  threshold=float(thresholds[epoch]), epoch=epoch)
+      writer.scalars(step, mean, prefix="train/", console=not progress)
+      bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
+    if epoch_end:
+      save(step, variables, train_state)
+      last_good = step
+      epoch_done = math.ceil(step / steps_per_epoch)
+      if epoch_done % config.eval_every_epochs == 0 or step == total_steps:
+        split = config.data.selection_split
+        summary, _ = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
+                                    mesh, progress=False)
+        writer.scalars(step, {k: v for k, v in summary.items() if k != "count"},
+                       prefix=f"{split}/", console=not progress)
+        value = summary[config.selection_metric]
+        if best is None or value > best["value"]:
+          best = {"step": step, "epoch": epoch_done, "value": value, "split": split,
+                  "metric": config.selection_metric, "metrics": summary}
+          checkpointing.save(workdir, step, variables, subdir=checkpointing.BEST_DIR,
+                             max_to_keep=1)
+          checkpointing.write_json(os.path.join(workdir, "best.json"), best)
+  bar.close()
+  log.info("trained %d steps in %.1fs", step, time.time() - started)
+  result = {"step": step, "best": best}
+  if step >= total_steps:
+    best_vars, best_step = checkpointing.restore_variables(workdir)
+    result["metrics"] = evaluate_all(config, best_vars, records, mesh, workdir, best_step,
+                                     progress)
+  writer.close()
+  return result
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None, progress: bool = True) -> dict:
+  """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
+  Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
+  _setup(config)
+  records = Records(records_dir(config), config.data)
+  saved = checkpointing.read_config(workdir)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = saved.model  # the checkpoint's architecture wins over the command line
+  if config.model.vocab_size != records.meta["vocab_size"]:
+    raise ValueError(f"the checkpoint in {workdir} has a vocabulary of {config.model.vocab_size} "
+                     f"ids but the records have {records.meta['vocab_size']}")
+  variables, step = checkpointing.restore_variables(workdir, step)
+  return evaluate_all(config, variables, records, make_mesh(), workdir, step, progress)
