@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup test bench
+.PHONY: setup test demo bench
 
 setup: $(STAMP)
 
@@ -14,6 +14,9 @@ $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)
+	$(PY) -m tea_jax.demo --workdir runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs tests

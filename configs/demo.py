@@ -13,10 +13,11 @@ def get_config():
   c = common.base_config()
   c.data = common.data_config(
       root="demo_data",
-      splits={"train": "charades_sta_train.txt", "test": "charades_sta_test.txt",
+      splits={"train": "charades_sta_train.txt", "val": "charades_sta_val.txt",
+              "test": "charades_sta_test.txt",
               "test_ood": "charades_sta_test_ood.txt", "novel_word": "charades_sta_novel_word.txt",
               "novel_composition": "charades_sta_novel_composition.txt"},
-      train="train", selection="test",
+      train="train", selection="val",
       evaluate=("test", "test_ood", "novel_word", "novel_composition"))
   c.data.durations = "charades.json"
   c.data.word_vectors = "glove.txt"
@@ -34,6 +35,6 @@ def get_config():
   c.batch_size = 16
   c.log_every_steps = 20
   # Synthetic generator settings (python -m data_prep.synthetic).
-  c.synthetic_videos = 240
+  c.synthetic_videos = 260
   c.lock()
   return c

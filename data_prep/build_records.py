@@ -34,6 +34,7 @@ from data_prep.features import FeatureSource, MissingFeatures, reduce_snippets
 from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, align_to_snippets, read_narratives
 from data_prep.text import build_vocabulary, tokenize, word_ids
+from tea_jax import cli
 from tea_jax.records import record_features
 
 log = logging.getLogger("build_records")
@@ -201,7 +202,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  cli.setup_logging()
   config = flags.FLAGS.config
   try:
     meta = build_records(config)
@@ -217,4 +218,4 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                   lock_config=True)
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

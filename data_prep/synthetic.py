@@ -1,9 +1,9 @@
 """A small synthetic moment-retrieval benchmark written in the REAL input formats.
 
-    python -m data_prep.synthetic --out demo_data [--videos 240 --seed 0]
+    python -m data_prep.synthetic --out demo_data [--videos 260 --seed 0]
 
 Writes, under --out:
-  charades_sta_{train,test,test_ood,novel_word,novel_composition}.txt   `vid start end##sentence`
+  charades_sta_{train,val,test,test_ood,novel_word,novel_composition}.txt  `vid start end##sentence`
   charades.json            {vid: {"duration": seconds}}
   features/<vid>.npy       (T, video_dim) float32 snippet features, one per second
   glove.txt                GloVe-format word vectors (`word v1 ... vD`), including a malformed line
@@ -16,7 +16,7 @@ object parts), so vision alone is ambiguous. Queries describe ONE segment with a
 scene words), and some seconds are mislabelled: the text channel TEA adds is informative but noisy.
 Word vectors give synonyms nearby vectors, as GloVe would.
 
-Splits: `train`; `test` drawn like train; `test_ood`: moments placed where train never puts them
+Splits: `train`; `val` and `test` drawn like train; `test_ood`: moments placed where train never puts them
 (train moments start in the first 60% of a video, ood moments in the last 40%); `novel_word`: queries
 use verb synonyms that never occur in training queries but do occur in training narratives;
 `novel_composition`: (verb, object) pairs never queried in training. Nothing here is tuned to make
@@ -107,7 +107,8 @@ def make_video(rng, world, split):
   n_seg = int(rng.integers(1, 3)) if late else int(rng.integers(2, 5))
   actions = []
   if split == "novel_composition":
-    actions.append(tuple(sorted(HELD_OUT_PAIRS)[rng.integers(len(HELD_OUT_PAIRS))]))
+    held = sorted(HELD_OUT_PAIRS)
+    actions += [held[i] for i in rng.choice(len(held), size=2, replace=False)]
   while len(actions) < n_seg:
     pair = (str(rng.choice(list(VERBS))), str(rng.choice(list(OBJECTS))))
     if pair not in HELD_OUT_PAIRS and pair not in actions:
@@ -133,17 +134,18 @@ def query_text(verb: str, obj: str, use_synonym: bool, rng) -> str:
   return f"person {third_person(v)} the {obj}."
 
 
-def generate(out: str, videos: int = 240, seed: int = 0, video_dim: int = 256,
+def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
              word_dim: int = 50) -> dict:
   """Writes the benchmark; returns counts per split."""
   rng = np.random.default_rng(seed)
   world = World(rng, video_dim)
   os.makedirs(os.path.join(out, "features"), exist_ok=True)
-  splits = {s: [] for s in ("train", "test", "test_ood", "novel_word", "novel_composition")}
+  shares = {"train": 0.5, "val": 0.1, "test": 0.14, "test_ood": 0.1, "novel_word": 0.08,
+            "novel_composition": 0.08}
+  splits = {s: [] for s in shares}
   durations, narration_lines = {}, []
-  plan = (["train"] * int(videos * 0.55) + ["test"] * int(videos * 0.15)
-          + ["test_ood"] * int(videos * 0.1) + ["novel_word"] * int(videos * 0.1))
-  plan += ["novel_composition"] * (videos - len(plan))
+  plan = [split for split, share in shares.items() for _ in range(int(videos * share))]
+  plan += ["train"] * (videos - len(plan))
   for n, split in enumerate(plan):
     vid = f"S{n:04d}"
     duration, feats, narratives, segments = make_video(rng, world, split)
@@ -178,7 +180,7 @@ def generate(out: str, videos: int = 240, seed: int = 0, video_dim: int = 256,
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
-  parser.add_argument("--videos", type=int, default=240)
+  parser.add_argument("--videos", type=int, default=260)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--video-dim", type=int, default=256)
   parser.add_argument("--word-dim", type=int, default=50)

@@ -15,6 +15,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from tea_jax import cli
+
 log = logging.getLogger("tea_jax")
 
 
@@ -77,14 +79,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  cli.setup_logging()
   out = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  print("\nDemo results (synthetic benchmark; best checkpoint selected on the in-distribution "
-        "test split):\n")
+  print(f"\nDemo results (synthetic benchmark; best checkpoint selected on "
+        f"'{flags.FLAGS.config.data.selection_split}'):\n")
   print(out["table"])
 
 
 if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config.", lock_config=True)
   flags.DEFINE_string("workdir", "runs/demo", "Where both runs are written.")
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

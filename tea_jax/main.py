@@ -16,6 +16,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from tea_jax import cli
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
@@ -27,7 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  cli.setup_logging()
   from tea_jax import demo, train  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   demo.prepare_data_if_synthetic(config)
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

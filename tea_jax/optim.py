@@ -22,7 +22,7 @@ def torch_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
   def update(updates, state, params=None):
     del params
-    norm = optax.global_norm(updates)
+    norm = optax.tree.norm(updates)
     scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
     return jax.tree_util.tree_map(lambda g: g * scale, updates), state
 

@@ -106,7 +106,7 @@ def make_train_step(config, tx, mesh):
     updates, opt_state = tx.update(grads, train_state["opt_state"], variables["params"])
     params = jax.tree_util.tree_map(jnp.add, variables["params"], updates)
     new_vars = {"params": params, "frozen": variables["frozen"]}
-    stats = dict(parts, loss=loss, grad_norm=optax.global_norm(grads))
+    stats = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
     return new_vars, {"opt_state": opt_state, "step": step + 1}, stats
 
   replicated = NamedSharding(mesh, P())

@@ -1,0 +1,44 @@
+"""Shared command-line plumbing: quiet, readable logs and clear errors for bad config overrides."""
+
+import logging
+import sys
+
+from absl import flags
+from absl import logging as absl_logging
+
+_NOISE = ("FeatureConnector.dtype", "Unable to initialize backend")
+
+
+class _DropNoise(logging.Filter):
+  def filter(self, record):
+    return not any(n in record.getMessage() for n in _NOISE)
+
+
+def setup_logging() -> None:
+  """Our INFO lines on the console; libraries (Orbax, tfds, XLA) only from WARNING up."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  for name in ("absl", ""):
+    logging.getLogger(name).addFilter(_DropNoise())
+  ours = logging.getLogger("tea_jax")
+  if not ours.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    ours.addHandler(handler)
+  ours.setLevel(logging.INFO)
+  ours.propagate = False
+  for name in ("build_records",):
+    logging.getLogger(name).handlers = ours.handlers
+    logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger(name).propagate = False
+
+
+def parse_flags(argv):
+  """absl flag parsing that turns a mistyped `--config.x=...` into a one-line error."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+  except (AttributeError, KeyError) as e:
+    bad = [a for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"error: unknown config field {e} in {' '.join(bad) or 'the overrides'}; configs are "
+             f"locked so that a typo cannot silently add a field (see the config file's fields)")

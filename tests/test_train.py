@@ -1,0 +1,124 @@
+"""The training loop: sharding over devices, resume, divergence, evaluation outputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO
+
+from configs import demo
+from data_prep import synthetic
+from data_prep.build_records import build_records
+from tea_jax import checkpointing, train
+
+
+def tiny_config(root, **overrides):
+  config = demo.get_config()
+  config.unlock()
+  config.data.root = str(root)
+  config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
+  config.update(batch_size=8, eval_batch_size=8, num_epochs=2, log_every_steps=1)
+  config.data.eval_splits = ["test"]
+  config.update(overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = tmp_path_factory.mktemp("train_data")
+  synthetic.generate(str(root), videos=24, seed=1, video_dim=256, word_dim=50)
+  build_records(tiny_config(root), progress=False)
+  return root
+
+
+STEPS_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from configs import demo
+from tea_jax import optim, train
+from tea_jax.input_pipeline import Records
+config = demo.get_config(); config.unlock()
+config.data.root = sys.argv[1]
+config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
+config.batch_size = 8
+records = Records(train.records_dir(config), config.data)
+config = train.with_data_sizes(config, records)
+mesh = train.make_mesh()
+tx = optim.make_optimizer(config, 10)
+variables, state = train.init_state(config, records, tx, jax.random.key(0))
+variables, state = jax.device_put((variables, state), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+step = train.make_train_step(config, tx, mesh)
+batches = records.train_batches("train", 8, 0)
+losses = []
+for _ in range(2):
+  variables, state, stats = step(variables, state, train.to_device(next(batches), mesh), np.float32(0.9))
+  losses.append(float(stats["loss"]))
+try:
+  train.check_batch_size(3)
+  error = None
+except ValueError as e:
+  error = str(e)
+print(json.dumps({"devices": jax.device_count(), "losses": losses, "error": error}))
+"""
+
+
+def run_steps(data_root, devices):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             PYTHONPATH=str(REPO))
+  proc = subprocess.run([sys.executable, "-c", STEPS_SCRIPT, str(data_root)], cwd=REPO, env=env,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_devices_give_the_same_losses_as_one(data_root):
+  one, two = run_steps(data_root, 1), run_steps(data_root, 2)
+  assert one["devices"] == 1 and two["devices"] == 2
+  np.testing.assert_allclose(two["losses"], one["losses"], rtol=2e-5)
+  assert one["error"] is None
+  assert "not divisible by the 2 devices" in two["error"]
+
+
+def final_params(workdir):
+  variables, _ = checkpointing.restore(workdir, checkpointing.steps(workdir)[-1]).get(
+      "variables"), None
+  return jax.tree_util.tree_leaves(variables)
+
+
+def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
+  straight = tmp_path / "straight"
+  result = train.train_and_evaluate(tiny_config(data_root), str(straight), progress=False)
+  total = result["step"]
+  interrupted = tmp_path / "interrupted"
+  partial = train.train_and_evaluate(tiny_config(data_root, max_steps=3), str(interrupted),
+                                     progress=False)
+  assert partial["step"] == 3 and "metrics" not in partial
+  resumed = train.train_and_evaluate(tiny_config(data_root), str(interrupted), progress=False)
+  assert resumed["step"] == total
+  for a, b in zip(final_params(str(straight)), final_params(str(interrupted))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Outputs of a finished run.
+  metrics = json.loads((straight / "metrics.json").read_text())
+  assert set(metrics["splits"]) == {"test"} and "selection" in metrics
+  preds = (straight / "predictions_test.jsonl").read_text().splitlines()
+  assert len(preds) == metrics["splits"]["test"]["count"]
+  first = json.loads(preds[0])
+  assert {"video_id", "query", "pred_start", "pred_end", "true_start", "true_end", "score",
+          "iou"} <= set(first)
+  best = json.loads((straight / "best.json").read_text())
+  assert best["metric"] == "r1_sum_miou" and best["split"] == "test"
+  # Evaluation from the checkpoint alone reproduces the final metrics.
+  again = train.evaluate_checkpoint(tiny_config(data_root), str(straight), progress=False)
+  assert again["test"] == metrics["splits"]["test"]
+
+
+def test_nan_loss_stops_with_a_clear_error(data_root, tmp_path):
+  config = tiny_config(data_root)
+  config.optimizer.learning_rate = float("nan")
+  with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):
+    train.train_and_evaluate(config, str(tmp_path / "nan"), progress=False)
+  assert checkpointing.steps(str(tmp_path / "nan")) == []
