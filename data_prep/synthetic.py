@@ -95,14 +95,14 @@ def caption(rng: np.random.Generator, verb: str | None, obj: str | None) -> str:
   return f"a person {third_person(v)} the {o} {scene} ."
 
 
-def make_video(rng, world, split):
+def make_video(rng, world, split, seconds=(20, 40)):
   """One video of 2-4 segments; returns duration, features, narratives and segments.
 
   Segments start in the first 60% of the video, except in `test_ood` videos where they all start
   in the last 40%. `novel_composition` videos contain at least one held-out (verb, object) pair,
   other videos none.
   """
-  duration = int(rng.integers(20, 41))
+  duration = int(rng.integers(seconds[0], seconds[1] + 1))
   late = split == "test_ood"
   n_seg = int(rng.integers(1, 3)) if late else int(rng.integers(2, 5))
   actions = []
@@ -135,7 +135,7 @@ def query_text(verb: str, obj: str, use_synonym: bool, rng) -> str:
 
 
 def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
-             word_dim: int = 50) -> dict:
+             word_dim: int = 50, seconds: tuple[int, int] = (20, 40)) -> dict:
   """Writes the benchmark; returns counts per split."""
   rng = np.random.default_rng(seed)
   world = World(rng, video_dim)
@@ -148,7 +148,7 @@ def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
   plan += ["train"] * (videos - len(plan))
   for n, split in enumerate(plan):
     vid = f"S{n:04d}"
-    duration, feats, narratives, segments = make_video(rng, world, split)
+    duration, feats, narratives, segments = make_video(rng, world, split, seconds)
     np.save(os.path.join(out, "features", f"{vid}.npy"), feats)
     durations[vid] = {"duration": float(duration), "subset": split}
     narration_lines.append({"video_id": vid, "interval": 1.0, "narratives": narratives,

@@ -1,0 +1,110 @@
+"""MLLM narrators behind one interface: LLaVA-1.5 (the paper's) and BLIP-2 (its Table 5).
+
+A narrator loads a Hugging Face model from a LOCAL directory (nothing is downloaded) and captions a
+batch of PIL images with greedy decoding. A newer transformers MLLM is one small subclass: say how
+to build the prompt and which classes load it.
+"""
+
+import re
+
+import torch
+from transformers import (AutoProcessor, Blip2ForConditionalGeneration,
+                          LlavaForConditionalGeneration)
+
+# The TEA paper's prompt, verbatim (section 3.2).
+PAPER_PROMPT = ("This is one image frame sampled from a video. Please caption this frame in two or "
+                "three sentences, to describe this frame with some details but without any "
+                "analysis.")
+
+
+def normalise_whitespace(text: str) -> str:
+  return re.sub(r"\s+", " ", text).strip()
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+  """auto: CUDA with bfloat16 when available, else CPU with float32."""
+  if device == "auto":
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device.startswith("cuda") and not torch.cuda.is_available():
+    raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+  if dtype == "auto":
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+  dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+  if dtype not in dtypes:
+    raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(dtypes)} or auto")
+  return torch.device(device), dtypes[dtype]
+
+
+class Narrator:
+  """Captions images; subclasses set `model_class` and `prompt_text`."""
+
+  model_class = None
+  name = "narrator"
+
+  def __init__(self, model_dir: str | None, device: str = "auto", dtype: str = "auto",
+               max_new_tokens: int = 80, prompt: str | None = None, components=None):
+    """Loads `model_dir` (a local Hugging Face directory), or takes `components` = (model,
+    processor) already built (benchmarks of randomly initialised architectures)."""
+    self.device, self.dtype = resolve_device_dtype(device, dtype)
+    self.max_new_tokens = max_new_tokens
+    self.prompt = prompt
+    if components is not None:
+      self.model, self.processor = components
+      self.model.to(self.dtype)
+    else:
+      try:
+        self.processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+        self.model = self.model_class.from_pretrained(model_dir, dtype=self.dtype,
+                                                      local_files_only=True)
+      except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot load a {self.name} model from {model_dir!r} (a local Hugging "
+                           f"Face model directory is required; nothing is downloaded): {e}") from e
+    self.model.to(self.device).eval()
+    tokenizer = getattr(self.processor, "tokenizer", None)
+    if tokenizer is not None:
+      tokenizer.padding_side = "left"  # batched generation continues every row at its end
+
+  def prompt_text(self) -> str | None:
+    return None
+
+  @torch.inference_mode()
+  def caption(self, images) -> list[str]:
+    """Greedy captions of `images`, the prompt sliced off, whitespace normalised."""
+    text = self.prompt_text()
+    kwargs = {"images": list(images), "return_tensors": "pt"}
+    if text is not None:
+      kwargs.update(text=[text] * len(images), padding=True)
+    inputs = self.processor(**kwargs).to(self.device)
+    if "pixel_values" in inputs:
+      inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+    out = self.model.generate(**inputs, do_sample=False, num_beams=1,
+                              max_new_tokens=self.max_new_tokens)
+    prompt_ids = inputs.get("input_ids")
+    if prompt_ids is not None and out.shape[1] >= prompt_ids.shape[1] and torch.equal(
+        out[:, :prompt_ids.shape[1]], prompt_ids):
+      out = out[:, prompt_ids.shape[1]:]  # decoder-only models echo the prompt
+    texts = self.processor.batch_decode(out, skip_special_tokens=True)
+    return [normalise_whitespace(t) for t in texts]
+
+
+class LlavaNarrator(Narrator):
+  """LLaVA-1.5 with the paper's prompt in its chat format `USER: <image>\\n{prompt} ASSISTANT:`."""
+
+  model_class = LlavaForConditionalGeneration
+  name = "llava"
+
+  def prompt_text(self) -> str:
+    return f"USER: <image>\n{self.prompt or PAPER_PROMPT} ASSISTANT:"
+
+
+class Blip2Narrator(Narrator):
+  """BLIP-2 captioning: no prompt (the paper's Table 5 setting)."""
+
+  model_class = Blip2ForConditionalGeneration
+  name = "blip2"
+
+  def prompt_text(self) -> None:
+    return None
+
+
+BACKENDS = {"llava": LlavaNarrator, "blip2": Blip2Narrator}

@@ -1,0 +1,113 @@
+"""Randomly initialised MLLMs built from configs alone: tiny ones for tests, and the real
+LLaVA-1.5-7b/13b architectures for speed benchmarks. No weights or tokenizer files are downloaded:
+the tokenizer is a word-level one made here, which is enough to exercise the real loading,
+prompting, batching and decoding code paths."""
+
+import os
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+                          CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          LlavaForConditionalGeneration, LlavaProcessor, OPTConfig,
+                          PreTrainedTokenizerFast)
+from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from data_prep.narrators import PAPER_PROMPT
+
+SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+WORDS = sorted(set((PAPER_PROMPT + " USER: ASSISTANT: a person is standing in the kitchen "
+                    "holding cup door opens room man woman table").replace(".", " .")
+                   .replace(",", " ,").split()))
+
+# Language and vision sizes of the released LLaVA-1.5 checkpoints (CLIP ViT-L/14-336 + Vicuna).
+ARCHITECTURES = {
+    "tiny": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=4),
+                 vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, image_size=32, patch_size=8)),
+    "llava-1.5-7b": dict(text=dict(hidden_size=4096, intermediate_size=11008,
+                                   num_hidden_layers=32, num_attention_heads=32,
+                                   num_key_value_heads=32),
+                         vision=dict(hidden_size=1024, intermediate_size=4096,
+                                     num_hidden_layers=24, num_attention_heads=16,
+                                     image_size=336, patch_size=14)),
+    "llava-1.5-13b": dict(text=dict(hidden_size=5120, intermediate_size=13824,
+                                    num_hidden_layers=40, num_attention_heads=40,
+                                    num_key_value_heads=40),
+                          vision=dict(hidden_size=1024, intermediate_size=4096,
+                                      num_hidden_layers=24, num_attention_heads=16,
+                                      image_size=336, patch_size=14)),
+}
+
+
+def make_tokenizer(extra_vocab: int = 0) -> PreTrainedTokenizerFast:
+  """A word-level tokenizer over the prompt's words (+ `extra_vocab` filler tokens)."""
+  vocab = {tok: i for i, tok in enumerate(SPECIAL + WORDS + [f"w{i}" for i in range(extra_vocab)])}
+  core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+  core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit()])
+  tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<pad>",
+                                bos_token="<s>", eos_token="</s>",
+                                additional_special_tokens=["<image>"])
+  tok.padding_side = "left"
+  return tok
+
+
+def build_llava(architecture: str = "tiny", seed: int = 0, vocab_size: int | None = None):
+  """(model, processor) of a random LLaVA-1.5-style model."""
+  sizes = ARCHITECTURES[architecture]
+  torch.manual_seed(seed)
+  tokenizer = make_tokenizer(0 if vocab_size is None else max(0, vocab_size - len(SPECIAL)
+                                                              - len(WORDS)))
+  vision = CLIPVisionConfig(**sizes["vision"], projection_dim=sizes["vision"]["hidden_size"])
+  text = LlamaConfig(**sizes["text"], vocab_size=len(tokenizer), max_position_embeddings=4096,
+                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id)
+  patches = (sizes["vision"]["image_size"] // sizes["vision"]["patch_size"]) ** 2
+  config = LlavaConfig(vision_config=vision, text_config=text,
+                       image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                       image_seq_length=patches, vision_feature_select_strategy="default",
+                       vision_feature_layer=-2)
+  size = sizes["vision"]["image_size"]
+  image_processor = CLIPImageProcessorPil(size={"shortest_edge": size},
+                                          crop_size={"height": size, "width": size})
+  processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                             patch_size=sizes["vision"]["patch_size"],
+                             vision_feature_select_strategy="default",
+                             num_additional_image_tokens=1)
+  model = LlavaForConditionalGeneration(config)
+  model.generation_config.pad_token_id = tokenizer.pad_token_id
+  return model.eval(), processor
+
+
+def build_blip2(seed: int = 0):
+  """(model, processor) of a tiny random BLIP-2 (OPT language model)."""
+  torch.manual_seed(seed)
+  tokenizer = make_tokenizer()
+  num_query = 4
+  config = Blip2Config(
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=32, patch_size=8),
+      qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, encoder_hidden_size=32, vocab_size=64),
+      text_config=OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                            num_attention_heads=4, vocab_size=len(tokenizer),
+                            word_embed_proj_dim=32, pad_token_id=tokenizer.pad_token_id,
+                            bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id),
+      num_query_tokens=num_query, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+  image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+  processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                             num_query_tokens=num_query)
+  model = Blip2ForConditionalGeneration(config)
+  model.generation_config.pad_token_id = tokenizer.pad_token_id
+  return model.eval(), processor
+
+
+def save(model, processor, out_dir: str) -> str:
+  """Writes a Hugging Face model directory that from_pretrained(out_dir) loads."""
+  os.makedirs(out_dir, exist_ok=True)
+  model.save_pretrained(out_dir)
+  processor.save_pretrained(out_dir)
+  return out_dir

@@ -1,0 +1,126 @@
+"""Narration without downloaded weights: tiny random LLaVA / BLIP-2 models saved to disk and loaded
+through the real from_pretrained path, generated videos of known length, crashes and shards."""
+
+import json
+import os
+
+import pytest
+
+from data_prep import narrate, random_mllm
+from data_prep.frames import UnreadableVideo, find_videos, sample_frames, write_test_video
+from data_prep.narrators import PAPER_PROMPT, Blip2Narrator, LlavaNarrator
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+  model, processor = random_mllm.build_llava("tiny")
+  return random_mllm.save(model, processor, str(tmp_path_factory.mktemp("llava")))
+
+
+@pytest.fixture(scope="module")
+def narrator(llava_dir):
+  return LlavaNarrator(llava_dir, device="cpu", max_new_tokens=6)
+
+
+@pytest.fixture
+def videos(tmp_path):
+  folder = tmp_path / "videos"
+  folder.mkdir()
+  write_test_video(str(folder / "v1.mp4"), 5)
+  write_test_video(str(folder / "v2.mkv"), 3)
+  write_test_video(str(folder / "v3.webm"), 2, codec="libvpx")
+  (folder / "broken.mp4").write_bytes(b"\x00\x01 not a video" * 50)
+  (folder / "empty.mp4").write_bytes(b"")
+  return folder
+
+
+def test_frames_every_second_with_true_timestamps(videos):
+  frames = list(sample_frames(str(videos / "v1.mp4"), 1.0))
+  assert [t for t, _ in frames] == [0.0, 1.0, 2.0, 3.0, 4.0]
+  # The test video's brightness encodes the second: frames are the right ones, in order.
+  levels = [image.getpixel((0, 0))[0] for _, image in frames]
+  assert levels == sorted(levels) and levels[0] < 10 and levels[-1] > 245
+  assert [t for t, _ in sample_frames(str(videos / "v1.mp4"), 2.0)] == [0.0, 2.0, 4.0]
+  assert [t for t, _ in sample_frames(str(videos / "v3.webm"), 1.0)] == [0.0, 1.0]
+  with pytest.raises(UnreadableVideo, match="broken.mp4"):
+    list(sample_frames(str(videos / "broken.mp4")))
+  assert set(find_videos(str(videos))) == {"v1", "v2", "v3", "broken", "empty"}
+
+
+def test_llava_prompt_is_the_papers_chat_format(narrator):
+  assert narrator.prompt_text() == f"USER: <image>\n{PAPER_PROMPT} ASSISTANT:"
+  assert str(narrator.device) == "cpu" and str(narrator.dtype) == "torch.float32"
+
+
+def test_batched_captions_equal_one_at_a_time(narrator, videos):
+  images = [image for _, image in sample_frames(str(videos / "v1.mp4"))]
+  batched = narrator.caption(images)
+  single = [narrator.caption([image])[0] for image in images]
+  assert batched == single
+  assert all(text == " ".join(text.split()) and "ASSISTANT" not in text for text in batched)
+
+
+def test_narrate_writes_lines_reports_failures_and_resumes(narrator, videos, tmp_path):
+  out = str(tmp_path / "narratives.jsonl")
+  selected = narrate.select_videos(str(videos))
+  summary = narrate.narrate(narrator, selected, out, batch_size=4, progress=False)
+  assert summary["videos_written"] == 3 and summary["videos_failed"] == 2
+  lines = [json.loads(line) for line in open(out, encoding="utf-8")]
+  by_id = {line["video_id"]: line for line in lines}
+  assert [n["t"] for n in by_id["v1"]["narratives"]] == [0.0, 1.0, 2.0, 3.0, 4.0]
+  assert len(by_id["v2"]["narratives"]) == 3 and by_id["v1"]["model"] == "llava"
+  failures = [json.loads(line) for line in open(out + ".failures.jsonl", encoding="utf-8")]
+  assert {f["video_id"] for f in failures} == {"broken", "empty"}
+  assert all(f["reason"] for f in failures)
+
+  # A crash mid-write leaves a partial line; the restart drops it and redoes only that video.
+  with open(out, encoding="utf-8") as f:
+    kept = f.readlines()[:1]
+  with open(out, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+    f.write('{"video_id": "v2", "interval": 1.0, "narr')
+  again = narrate.narrate(narrator, selected, out, batch_size=4, progress=False)
+  assert again["videos_skipped_as_done"] == 1 and again["videos_written"] == 2
+  lines = [json.loads(line) for line in open(out, encoding="utf-8")]
+  assert sorted(line["video_id"] for line in lines) == ["v1", "v2", "v3"]
+  assert lines[0] == json.loads(kept[0])  # the finished video's line is kept as it was
+
+
+def test_shards_cover_every_video_once_and_merge_checks(narrator, videos, tmp_path):
+  out = str(tmp_path / "n.jsonl")
+  paths = []
+  for index in range(2):
+    selected = narrate.select_videos(str(videos), num_shards=2, shard_index=index)
+    paths.append(narrate.shard_path(out, 2, index))
+    narrate.narrate(narrator, selected, paths[-1], batch_size=3, progress=False)
+  shards = [narrate.select_videos(str(videos), num_shards=2, shard_index=i) for i in range(2)]
+  ids = [vid for shard in shards for vid, _ in shard]
+  assert sorted(ids) == sorted(set(ids)) == ["broken", "empty", "v1", "v2", "v3"]
+  good = {"v1", "v2", "v3"}
+  merged = narrate.merge(paths, out, expected=good)
+  assert merged["videos"] == 3
+  assert [json.loads(l)["video_id"] for l in open(out, encoding="utf-8")] == ["v1", "v2", "v3"]
+  with pytest.raises(ValueError, match="no narration"):
+    narrate.merge(paths, out, expected=good | {"v9"})
+  with pytest.raises(ValueError, match="more than one line"):
+    narrate.merge(paths + paths[:1], out)
+
+
+def test_blip2_backend_through_the_same_interface(tmp_path, videos):
+  model, processor = random_mllm.build_blip2()
+  path = random_mllm.save(model, processor, str(tmp_path / "blip2"))
+  blip = Blip2Narrator(path, device="cpu", max_new_tokens=5)
+  assert blip.prompt_text() is None
+  out = str(tmp_path / "blip.jsonl")
+  summary = narrate.narrate(blip, narrate.select_videos(str(videos), ), out, batch_size=8,
+                            progress=False)
+  assert summary["videos_written"] == 3
+  assert json.loads(open(out, encoding="utf-8").readline())["model"] == "blip2"
+
+
+def test_cli_errors_are_clear(tmp_path, videos, capsys):
+  code = narrate.main(["--videos", str(videos), "--model", str(tmp_path / "nope"), "--out",
+                       str(tmp_path / "o.jsonl"), "--device", "cpu"])
+  assert code == 2 and "local Hugging Face model directory" in capsys.readouterr().err
+  code = narrate.main(["--videos", str(tmp_path / "missing"), "--model", "x", "--out", "o"])
+  assert code == 2 and "video folder not found" in capsys.readouterr().err
