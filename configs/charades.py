@@ -7,5 +7,5 @@ configs/charades_sta.py for the original Charades-STA split and configs/charades
 from configs import charades_cd
 
 
-def get_config():
-  return charades_cd.get_config()
+def get_config(variant=None):
+  return charades_cd.get_config(variant)

@@ -80,3 +80,36 @@ def base_config() -> ml_collections.ConfigDict:
   # Call jax.distributed.initialize() first (multi-host runs); devices form one `data` mesh axis.
   c.distributed = False
   return c
+
+
+# Ablations of the TEA paper (Fig. 3, Tables 4-5): `--config configs/<dataset>.py:<variant>`.
+VARIANTS = {
+    "tea": dict(merge="concat", paragraph_branch=True),    # VN + PQ (the paper's model)
+    "emb": dict(merge="none", paragraph_branch=False),     # the EMB baseline
+    "vn": dict(merge="concat", paragraph_branch=False),    # video-narrative merge only
+    "pq": dict(merge="none", paragraph_branch=True),       # paragraph-query branch only
+    "vn_add": dict(merge="add", paragraph_branch=True),    # VN + PQ with the other merges
+    "vn_attention": dict(merge="attention", paragraph_branch=True),
+}
+
+
+def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
+  """Sets the model switches of a named ablation (default "tea"); alpha stays overridable."""
+  variant = variant or "tea"
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}: expected one of {sorted(VARIANTS)}")
+  c.model.update(VARIANTS[variant])
+  # Name of the ablation variant the model switches come from (see VARIANTS).
+  c.variant = variant
+  return c
+
+
+def dataset_config(variant, root, splits, train, selection, evaluate, durations=""):
+  """A locked experiment config for one benchmark."""
+  c = base_config()
+  # Inputs, splits and record settings of the benchmark (data_config above).
+  c.data = data_config(root, splits, train, selection, evaluate)
+  c.data.durations = durations
+  apply_variant(c, variant)
+  c.lock()
+  return c

@@ -9,7 +9,7 @@ end to end on the CPU in a few minutes. `make demo` runs it for EMB (baseline) a
 from configs import common
 
 
-def get_config():
+def get_config(variant=None):
   c = common.base_config()
   c.data = common.data_config(
       root="demo_data",
@@ -29,8 +29,7 @@ def get_config():
   # A smaller model than the paper's so that the demo trains in minutes on 2 CPU cores.
   c.model.hidden = 64
   c.model.num_heads = 4
-  c.model.merge = "concat"
-  c.model.paragraph_branch = True
+  common.apply_variant(c, variant)
   c.num_epochs = 20
   c.batch_size = 16
   c.log_every_steps = 20

@@ -42,6 +42,8 @@ def variants(config: ml_collections.ConfigDict) -> dict[str, ml_collections.Conf
   """EMB (no narratives) and TEA (the config's narrative settings), same everything else."""
   emb = ml_collections.ConfigDict(config.to_dict())
   emb.model.merge, emb.model.paragraph_branch = "none", False
+  if "variant" in emb:
+    emb.variant = "emb"
   return {"EMB": emb, "TEA": ml_collections.ConfigDict(config.to_dict())}
 
 
