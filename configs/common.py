@@ -18,7 +18,7 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
   # Split to train on, split that selects the best checkpoint, splits evaluated.
   d.train_split = train
   d.selection_split = selection
-  d.eval_splits = list(evaluate)
+  d.eval_splits = tuple(evaluate)
   # charades.json-style durations (needed by Charades-STA txt files; "" when not needed).
   d.durations = ""
   # Snippet features: a folder of <video_id>.npy (+ optional feature_shapes.json) or an .h5 file.

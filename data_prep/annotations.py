@@ -103,8 +103,8 @@ def _load_json(path: str) -> Any:
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
-  except json.JSONDecodeError as e:
-    raise BadAnnotation(f"{path}: not valid JSON ({e})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise BadAnnotation(f"{path}: not valid UTF-8 JSON ({e})") from None
 
 
 def read_durations(path: str) -> dict[str, float]:
@@ -126,8 +126,11 @@ def read_charades_sta(path: str, durations: dict[str, float]) -> Annotations:
     raise FileNotFoundError(f"annotation file not found: {path}")
   pairs, bad, seen = [], [], set()
   name = os.path.basename(path)
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8", errors="replace") as f:
     for number, line in enumerate(f, start=1):
+      if "\ufffd" in line:
+        bad.append(BadRecord(f"{name}:{number}", "line is not valid UTF-8"))
+        continue
       line = line.strip()
       if not line:
         continue

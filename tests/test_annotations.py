@@ -132,3 +132,17 @@ def test_inspect_cli_summary_and_strict(bad_files):
   missing = run_inspect(str(txt) + ".nope")
   assert missing.returncode == 2 and "not found" in json.loads(missing.stdout)["error"]
   assert "Traceback" not in missing.stderr
+
+
+def test_undecodable_files_are_reported_not_tracebacks(tmp_path, bad_files):
+  durations, _, _ = bad_files
+  txt = tmp_path / "latin1.txt"
+  txt.write_bytes(b"A 1.0 2.0##caf\xe9 scene\nA 2.0 3.0##fine line\n")
+  ann = read_annotations(str(txt), str(durations))
+  assert len(ann.pairs) == 1 and ann.bad[0].source == "latin1.txt:1"
+  js = tmp_path / "bad.json"
+  js.write_bytes(b'{"v": \xff}')
+  with pytest.raises(BadAnnotation, match="bad.json"):
+    read_annotations(str(js))
+  proc = run_inspect(str(js))
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr

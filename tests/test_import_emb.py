@@ -176,3 +176,33 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     import_emb.load(str(bad))
   with pytest.raises(FileNotFoundError, match="missing.pth"):
     import_emb.load(str(tmp_path / "missing.pth"))
+
+
+def test_main_eval_restores_an_imported_workdir(tmp_path):
+  """import_emb -> `tea_jax.main --mode eval` on records of the same vocabulary size."""
+  from configs import demo
+  from data_prep import synthetic
+  from data_prep.build_records import build_records
+  root = tmp_path / "data"
+  synthetic.generate(str(root), videos=12, seed=2, video_dim=1024, word_dim=300)
+  config = demo.get_config()
+  config.unlock()
+  config.data.root = str(root)
+  config.model.update(video_dim=1024, word_dim=300, narrative_dim=300)
+  meta = build_records(config, progress=False)
+  sd = random_state_dict(seed=3)
+  sd["embedding_net.word_emb.glove_vec"] = np.random.default_rng(0).normal(
+      size=(meta["vocab_size"] - 2, 300)).astype(np.float32)
+  ckpt = tmp_path / "model_best.pth.tar"
+  torch.save({"state_dict": {k: torch.from_numpy(x) for k, x in sd.items()}}, ckpt)
+  workdir = tmp_path / "emb"
+  import_emb.write_workdir(str(ckpt), str(workdir))
+  proc = subprocess.run([sys.executable, "-m", "tea_jax.main", "--config", "configs/demo.py",
+                         f"--config.data.root={root}", "--config.data.eval_splits=('test',)",
+                         "--workdir", str(workdir), "--mode", "eval"], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  import json
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["step"] == 0 and metrics["splits"]["test"]["count"] == meta["splits"]["test"]["pairs"]
+  assert (workdir / "predictions_test.jsonl").exists()
