@@ -129,10 +129,15 @@ def make_eval_step(config, mesh):
   return jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
 
 
-def to_device(batch: dict, mesh) -> dict:
-  """The jit inputs of a host batch, as global arrays sharded over `data` (multi-host safe)."""
+def to_device(batch: dict, mesh, whole: bool = False) -> dict:
+  """The jit inputs of a host batch, as global arrays sharded over `data` (multi-host safe).
+
+  Training: each process holds its own slice of the global batch. Evaluation (`whole`): every
+  process reads the same full batch and contributes the rows its devices hold.
+  """
   sharding = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(sharding, batch[k])
+  return {k: jax.make_array_from_process_local_data(
+      sharding, batch[k], global_shape=batch[k].shape if whole else None)
           for k in DEVICE_KEYS if k in batch}
 
 
@@ -143,7 +148,7 @@ def evaluate_split(eval_step, variables, records: Records, split: str, batch_siz
   n = records.size(split)
   for batch in tqdm(records.eval_batches(split, batch_size), total=math.ceil(n / batch_size),
                     desc=f"eval {split}", leave=False, disable=not progress):
-    out = jax.device_get(eval_step(variables, to_device(batch, mesh)))
+    out = jax.device_get(eval_step(variables, to_device(batch, mesh, whole=True)))
     v_len = batch["video_mask"].sum(axis=1)
     start_s, end_s = metrics.index_to_time(out["start"], out["end"], v_len, batch["duration"])
     overlap = metrics.iou(start_s, end_s, batch["start_time"], batch["end_time"])

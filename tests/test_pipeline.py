@@ -109,3 +109,20 @@ def test_missing_video_features_are_reported_and_skipped(built, tmp_path):
   assert meta["splits"]["test"]["pairs"] + meta["splits"]["test"]["skipped"] == counts["test"]
   with pytest.raises(BuildError, match=victim):
     build_records(small_config(copy, strict=True), progress=False)
+
+
+def test_build_records_command_line(tmp_path):
+  import subprocess
+  import sys
+  synthetic.generate(str(tmp_path), videos=12, seed=4, video_dim=256, word_dim=50)
+  proc = subprocess.run([sys.executable, "-m", "data_prep.build_records", "--config",
+                         "configs/demo.py", f"--config.data.root={tmp_path}"], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+  assert summary["pairs"]["train"] > 0 and summary["missing_videos"] == 0
+  assert (tmp_path / "records" / "meta.json").exists()
+  bad = subprocess.run([sys.executable, "-m", "data_prep.build_records", "--config",
+                        "configs/demo.py", f"--config.data.root={tmp_path / 'nowhere'}"],
+                       cwd=REPO, capture_output=True, text=True, check=False)
+  assert bad.returncode != 0 and "not found" in bad.stderr and "Traceback" not in bad.stderr
