@@ -173,10 +173,10 @@ def write_predictions(path: str, preds: list[dict]) -> None:
 
 
 def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, eval_step=None) -> dict:
   """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
   check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  eval_step = make_eval_step(config, mesh)
+  eval_step = eval_step or make_eval_step(config, mesh)
   results = {}
   for split in config.data.eval_splits:
     summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
@@ -286,8 +286,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   result = {"step": step, "best": best}
   if step >= total_steps:
     best_vars, best_step = checkpointing.restore_variables(workdir)
+    best_vars = jax.device_put(best_vars, replicated)  # same input shardings: no recompile
     result["metrics"] = evaluate_all(config, best_vars, records, mesh, workdir, best_step,
-                                     progress)
+                                     progress, eval_step)
   writer.close()
   return result
 
