@@ -36,6 +36,8 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
   d.pooling = "mean"
   # TFRecord shards per split (train is read in parallel from its shards).
   d.num_shards = 4
+  # Training examples held in the shuffle buffer (serialized; an epoch also shuffles shard order).
+  d.shuffle_buffer = 4096
   # Fail on the first bad annotation record / missing feature instead of reporting and skipping.
   d.strict = False
   # Padded lengths of batches: 0 = automatic (longest in the records, rounded up to 8).

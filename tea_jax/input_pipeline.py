@@ -102,6 +102,7 @@ class Records:
     self.records_dir = records_dir
     self.meta = load_meta(records_dir)
     self.length, self.words = padded_lengths(data_config, self.meta)
+    self.shuffle_buffer = data_config.get("shuffle_buffer", 4096)
 
   def size(self, split: str) -> int:
     return self.meta["splits"][split]["pairs"]
@@ -110,7 +111,8 @@ class Records:
                     num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):
     """Endless (or num_epochs) shuffled full batches, starting at `start_step`.
 
-    Epoch e visits every example once in an order fixed by (seed, e); batches run across epoch
+    Epoch e visits every example once in an order fixed by (seed, e) (shards interleaved in a
+    seeded order, then a seeded shuffle buffer of data.shuffle_buffer); batches run across epoch
     boundaries, so steps = ceil(epochs * n / batch). Multi-host: each process reads every
     process_count-th example of the global order (its share of the global batch).
     """
@@ -123,10 +125,17 @@ class Records:
     first_epoch, offset = divmod(first, n)
     last_epoch = num_epochs if num_epochs is not None else np.iinfo(np.int32).max
 
+    buffer = max(1, min(n, self.shuffle_buffer))
+
     def epoch(e):
-      ds = tf.data.TFRecordDataset(files)
-      return ds.shuffle(n, seed=tf.cast(seed, tf.int64) * 1_000_003 + e,
-                        reshuffle_each_iteration=False)
+      # Shard order and a bounded buffer are shuffled per epoch, both seeded by (seed, e): a
+      # full-split buffer of serialized examples would not fit in memory for ActivityNet.
+      epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + e
+      order = tf.data.Dataset.from_tensor_slices(files).shuffle(
+          len(files), seed=epoch_seed, reshuffle_each_iteration=False)
+      ds = order.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                            block_length=1, deterministic=True)
+      return ds.shuffle(buffer, seed=epoch_seed + 1, reshuffle_each_iteration=False)
 
     ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch).skip(offset)
     if process_count > 1:
