@@ -82,7 +82,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def main(argv):
   del argv
   cli.setup_logging()
-  out = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  try:
+    out = run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    raise SystemExit(f"error: {e}") from None
   print(f"\nDemo results (synthetic benchmark; best checkpoint selected on "
         f"'{flags.FLAGS.config.data.selection_split}'):\n")
   print(out["table"])

@@ -10,8 +10,8 @@ its records are generated first when they are missing.
 """
 
 import json
-import logging
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -32,12 +32,16 @@ def main(argv):
   cli.setup_logging()
   from tea_jax import demo, train  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
-  demo.prepare_data_if_synthetic(config)
-  if FLAGS.mode == "train":
-    result = train.train_and_evaluate(config, FLAGS.workdir)
-    print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))
-  else:
-    print(json.dumps(train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step), indent=1))
+  try:
+    demo.prepare_data_if_synthetic(config)
+    if FLAGS.mode == "train":
+      result = train.train_and_evaluate(config, FLAGS.workdir)
+      print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))
+    else:
+      print(json.dumps(train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step), indent=1))
+  except (FileNotFoundError, KeyError, ValueError, train.TrainingDiverged) as e:
+    # Bad inputs (missing records or checkpoints, wrong shapes, a diverged run): one clear line.
+    sys.exit(f"error: {e}")
   print(f"outputs in {os.path.abspath(FLAGS.workdir)}")
 
 

@@ -60,3 +60,12 @@ def test_unknown_override_is_a_one_line_error(tmp_path):
   assert proc.returncode != 0
   assert "unknown config field" in proc.stderr and "batch_sise" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_missing_records_is_a_one_line_error(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "tea_jax.main", "--config", "configs/charades.py",
+                         f"--config.data.root={tmp_path}", "--workdir", str(tmp_path / "run")],
+                        cwd=REPO, capture_output=True, text=True, check=False)
+  assert proc.returncode != 0
+  assert "no meta.json" in proc.stderr and "build_records" in proc.stderr
+  assert "Traceback" not in proc.stderr
