@@ -22,4 +22,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q -rs tests
 
 bench: $(STAMP)
-	$(PY) bench/model_step.py
+	PY=$(PY) bash bench/run_all.sh

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every benchmark and prints their tables (use on a GPU machine to fill in the README's GPU
+# figures). Each benchmark prints the backend it ran on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+"$PY" bench/model_step.py
+"$PY" bench/train_step.py
+step_ms=$("$PY" bench/train_step.py --variants emb --repeats 5 | awk -F'|' '/^\| emb/ {gsub(/ /, "", $3); print $3}')
+"$PY" bench/input_pipeline.py --step-ms "${step_ms:-340}"
+if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+  "$PY" bench/narrate.py --architecture llava-1.5-13b --batch-sizes 1,8,32,64 --frames 64 --new-tokens 60
+else
+  "$PY" bench/narrate.py --architecture tiny --batch-sizes 1,4,16,32 --frames 64 --new-tokens 60
+fi
