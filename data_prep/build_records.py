@@ -34,8 +34,8 @@ from data_prep.features import FeatureSource, MissingFeatures, reduce_snippets
 from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, align_to_snippets, read_narratives
 from data_prep.text import build_vocabulary, tokenize, word_ids
-from tea_jax import cli
-from tea_jax.records import record_features
+from tea_jax import cli, files
+from tea_jax.records import data_path, record_features
 
 log = logging.getLogger("build_records")
 
@@ -44,19 +44,8 @@ class BuildError(RuntimeError):
   """Bad input that stops the build (strict mode, or nothing usable)."""
 
 
-def resolve(data: ml_collections.ConfigDict, name: str) -> str:
-  """A data path, joined to data.root unless absolute or empty."""
-  path = data[name]
-  return path if not path or os.path.isabs(path) else os.path.join(data.root, path)
-
-
 def shard_names(split: str, num_shards: int) -> list[str]:
   return [f"{split}-{k:05d}-of-{num_shards:05d}.tfrecord" for k in range(num_shards)]
-
-
-def _write_json(path: str, obj) -> None:
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
 
 
 def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> dict:
@@ -64,8 +53,8 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   data, model = config.data, config.model
   started = time.time()
-  out_dir = resolve(data, "records_dir")
-  durations = read_durations(resolve(data, "durations")) if data.durations else None
+  out_dir = data_path(data, "records_dir")
+  durations = read_durations(data_path(data, "durations")) if data.durations else None
 
   annotations, tokens = {}, {}
   for split, name in data.splits.items():
@@ -77,14 +66,14 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
 
   narratives, narrative_problems = {}, []
   if data.narratives:
-    narratives, narrative_problems = read_narratives(resolve(data, "narratives"))
+    narratives, narrative_problems = read_narratives(data_path(data, "narratives"))
     for problem in narrative_problems:
       log.warning("narratives: %s", problem)
   narrative_words = {t for items in narratives.values() for _, text in items for t in tokenize(text)}
 
   candidates = [t for split in data.splits for sentence in tokens[split] for t in sentence]
   index, vectors, vector_stats = glove.read_vectors(
-      resolve(data, "word_vectors"), candidates + sorted(narrative_words), dim=model.word_dim,
+      data_path(data, "word_vectors"), candidates + sorted(narrative_words), dim=model.word_dim,
       cache_dir=os.path.join(data.root, "cache"), progress=progress)
   vocab = build_vocabulary((tokens[s][i] for s in data.splits for i in range(len(tokens[s]))),
                            index)
@@ -97,7 +86,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
     raise BuildError(f"narrative encoder gives {encoder.dim}-d features but "
                      f"config.model.narrative_dim is {narrative_dim}")
 
-  features = FeatureSource(resolve(data, "features"))
+  features = FeatureSource(data_path(data, "features"))
   schema = record_features(model.video_dim, narrative_dim)
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
@@ -168,7 +157,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
       raise BuildError("no pair could be written: check the features and narratives paths")
 
     schema.save_config(tmp_dir)
-    _write_json(os.path.join(tmp_dir, "vocab.json"), vocab)
+    files.write_json(os.path.join(tmp_dir, "vocab.json"), vocab)
     np.save(os.path.join(tmp_dir, "word_vectors.npy"), word_vectors.astype(np.float32))
     meta = {
         "splits": meta_splits, "vocab_size": len(vocab), "word_dim": int(model.word_dim),
@@ -176,14 +165,14 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
         "max_snippets_seen": int(max_len), "max_words_seen": int(max_words),
         "missing_videos": dict(missing), "narrative_problems": narrative_problems,
         "word_vectors": vector_stats,
-        "sources": {"root": os.path.abspath(data.root), "features": resolve(data, "features"),
-                    "word_vectors": resolve(data, "word_vectors"),
-                    "narratives": resolve(data, "narratives"),
-                    "durations": resolve(data, "durations")},
+        "sources": {"root": os.path.abspath(data.root), "features": data_path(data, "features"),
+                    "word_vectors": data_path(data, "word_vectors"),
+                    "narratives": data_path(data, "narratives"),
+                    "durations": data_path(data, "durations")},
         "config": config.to_dict(), "build_seconds": round(time.time() - started, 2),
     }
     # meta.json is written last inside the temporary folder: its presence marks a complete build.
-    _write_json(os.path.join(tmp_dir, "meta.json"), meta)
+    files.write_json(os.path.join(tmp_dir, "meta.json"), meta)
     old = None
     if os.path.exists(out_dir):
       old = tempfile.mkdtemp(dir=parent, prefix=f".old-{os.path.basename(out_dir)}-")
@@ -209,7 +198,7 @@ def main(argv):
   except (BuildError, BadAnnotation, FileNotFoundError, ValueError) as e:
     sys.exit(f"build_records: {e}")
   counts = {s: m["pairs"] for s, m in meta["splits"].items()}
-  print(json.dumps({"records_dir": resolve(config.data, "records_dir"), "pairs": counts,
+  print(json.dumps({"records_dir": data_path(config.data, "records_dir"), "pairs": counts,
                     "vocab_size": meta["vocab_size"], "missing_videos": len(meta["missing_videos"]),
                     "seconds": meta["build_seconds"]}, indent=1))
 

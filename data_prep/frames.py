@@ -22,14 +22,14 @@ def find_videos(folder: str) -> dict[str, str]:
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"video folder not found: {folder}")
   found: dict[str, str] = {}
-  names = sorted(os.listdir(folder),
-                 key=lambda n: (os.path.splitext(n)[0], VIDEO_EXTENSIONS.index(
-                     os.path.splitext(n)[1].lower()) if os.path.splitext(n)[1].lower()
-                                in VIDEO_EXTENSIONS else 99))
-  for name in names:
+  by_id: dict[str, list[str]] = {}
+  for name in os.listdir(folder):
     stem, ext = os.path.splitext(name)
-    if ext.lower() in VIDEO_EXTENSIONS and stem not in found:
-      found[stem] = os.path.join(folder, name)
+    if ext.lower() in VIDEO_EXTENSIONS:
+      by_id.setdefault(stem, []).append(name)
+  for stem in sorted(by_id):
+    first = min(by_id[stem], key=lambda n: VIDEO_EXTENSIONS.index(os.path.splitext(n)[1].lower()))
+    found[stem] = os.path.join(folder, first)
   return found
 
 

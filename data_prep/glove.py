@@ -9,10 +9,11 @@ that the next run with the same file and word set skips the scan.
 import hashlib
 import json
 import os
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
+
+from tea_jax.files import atomic_write
 
 
 def _cache_key(path: str, words: list[str], dim: int) -> str:
@@ -22,19 +23,6 @@ def _cache_key(path: str, words: list[str], dim: int) -> str:
   for word in sorted(words):
     digest.update(word.encode("utf-8") + b"\0")
   return digest.hexdigest()[:16]
-
-
-def _atomic_save(path: str, writer) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-  os.close(fd)
-  try:
-    writer(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
 
 
 def read_vectors(path: str, words, dim: int = 300, cache_dir: str | None = None,
@@ -90,15 +78,7 @@ def read_vectors(path: str, words, dim: int = 300, cache_dir: str | None = None,
   vectors = np.stack([found[w] for w in kept]) if kept else np.zeros((0, dim), np.float32)
   stats["found"] = len(kept)
   if cache:
-    def write_npy(tmp):
-      with open(tmp, "wb") as out:
-        np.save(out, vectors)
-
-    def write_json(tmp):
-      with open(tmp, "w", encoding="utf-8") as out:
-        json.dump({"words": kept, "stats": stats}, out)
-
     # The .json is the commit marker: it is written last, so a crash leaves no half cache.
-    _atomic_save(cache + ".npy", write_npy)
-    _atomic_save(cache + ".json", write_json)
+    atomic_write(cache + ".npy", lambda f: np.save(f, vectors), binary=True)
+    atomic_write(cache + ".json", lambda f: json.dump({"words": kept, "stats": stats}, f))
   return {w: i for i, w in enumerate(kept)}, vectors, stats

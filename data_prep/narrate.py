@@ -23,13 +23,13 @@ import json
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 
 from tqdm import tqdm
 
 from data_prep.frames import UnreadableVideo, duration_seconds, find_videos, sample_frames
+from tea_jax.files import atomic_write
 
 
 def select_videos(videos_dir: str, video_ids_file: str | None = None, num_shards: int = 1,
@@ -214,12 +214,7 @@ def merge(shards: list[str], out: str, expected: set[str] | None = None) -> dict
   missing = sorted(expected - set(records)) if expected is not None else []
   if missing:
     raise ValueError(f"{len(missing)} videos have no narration in the shards, e.g. {missing[:10]}")
-  folder = os.path.dirname(os.path.abspath(out))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-merge-")
-  with os.fdopen(fd, "w", encoding="utf-8") as f:
-    for vid in sorted(records):
-      f.write(records[vid])
-  os.replace(tmp, out)
+  atomic_write(out, lambda f: f.writelines(records[vid] for vid in sorted(records)))
   return {"out": out, "videos": len(records), "shards": len(shards)}
 
 

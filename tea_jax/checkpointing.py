@@ -11,7 +11,6 @@ Layout of a workdir:
 
 import json
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -22,23 +21,6 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 VARIABLES = "variables"
 TRAIN_STATE = "train_state"
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temp file in the same folder, then rename)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

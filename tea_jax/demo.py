@@ -16,6 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tea_jax import cli
+from tea_jax.records import data_path
 
 log = logging.getLogger("tea_jax")
 
@@ -33,8 +34,8 @@ def prepare_data_if_synthetic(config: ml_collections.ConfigDict) -> None:
     log.info("writing the synthetic benchmark to %s", data.root)
     synthetic.generate(data.root, videos=videos, seed=config.seed,
                        video_dim=config.model.video_dim, word_dim=config.model.word_dim)
-  if not os.path.isfile(os.path.join(build_records.resolve(data, "records_dir"), "meta.json")):
-    log.info("building records in %s", build_records.resolve(data, "records_dir"))
+  if not os.path.isfile(os.path.join(data_path(data, "records_dir"), "meta.json")):
+    log.info("building records in %s", data_path(data, "records_dir"))
     build_records.build_records(config, progress=False)
 
 

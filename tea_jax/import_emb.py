@@ -10,7 +10,6 @@ Every key of the state_dict is mapped or explicitly ignored (the unused characte
 unknown or misshaped key is an error naming it. torch is imported only in this module.
 """
 
-import json
 import os
 import sys
 from typing import Callable
@@ -238,7 +237,7 @@ def load(path: str, num_heads: int = 8):
 def write_workdir(checkpoint: str, workdir: str, words_file: str | None = None,
                   num_heads: int = 8) -> str:
   """Imports `checkpoint` into `workdir` (Orbax checkpoint, config.json, vocab.json)."""
-  from tea_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from tea_jax import checkpointing, files  # pylint: disable=import-outside-toplevel
   config, variables = load(checkpoint, num_heads=num_heads)
   vocab = {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1, "words": None,
            "source": os.path.abspath(checkpoint)}
@@ -250,8 +249,8 @@ def write_workdir(checkpoint: str, workdir: str, words_file: str | None = None,
                        f"{config.model.vocab_size - 2} GloVe rows (ids 2..)")
     vocab["words"] = ["<pad>", "<unk>"] + words
   os.makedirs(workdir, exist_ok=True)
-  checkpointing.write_json(os.path.join(workdir, "vocab.json"), vocab)
-  checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  files.write_json(os.path.join(workdir, "vocab.json"), vocab)
+  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   return checkpointing.save_variables(workdir, variables, step=0)
 
 

@@ -9,10 +9,18 @@ without this code. Large float arrays use raw-bytes encoding, which tf.data deco
 float lists.
 """
 
+import os
+
 import numpy as np
 import tensorflow_datasets as tfds
 
 F = tfds.features
+
+
+def data_path(data_config, name: str) -> str:
+  """The path of `config.data.<name>`, joined to data.root unless absolute or empty."""
+  path = data_config[name]
+  return path if not path or os.path.isabs(path) else os.path.join(data_config.root, path)
 
 
 def record_features(video_dim: int, narrative_dim: int) -> F.FeaturesDict:

@@ -7,14 +7,10 @@ The same code runs on 1 CPU, N GPUs and several hosts (`config.distributed` call
 recompiles between epochs. Training resumes from the latest checkpoint of the workdir.
 """
 
-import functools
-import json
 import logging
 import math
 import os
 import time
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -24,9 +20,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, inference, losses, metrics, optim
-from tea_jax.input_pipeline import STRING_KEYS, Records
+from tea_jax import checkpointing, files, inference, losses, metrics, optim
+from tea_jax.input_pipeline import Records
 from tea_jax.model import TEA
+from tea_jax.records import data_path
 from tea_jax.writer import MetricWriter
 
 log = logging.getLogger("tea_jax")
@@ -38,11 +35,6 @@ DEVICE_KEYS = ("video", "narrative", "video_mask", "word_ids", "query_mask", "st
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN or inf."""
-
-
-def records_dir(config) -> str:
-  d = config.data.records_dir
-  return d if os.path.isabs(d) else os.path.join(config.data.root, d)
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -164,14 +156,6 @@ def evaluate_split(eval_step, variables, records: Records, split: str, batch_siz
   return metrics.summarise(np.array([p["iou"] for p in preds])), preds
 
 
-def write_predictions(path: str, preds: list[dict]) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for p in preds:
-      f.write(json.dumps(p) + "\n")
-  os.replace(tmp, path)
-
-
 def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
                  progress: bool = True, eval_step=None) -> dict:
   """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
@@ -182,9 +166,9 @@ def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: 
     summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
                                     mesh, progress)
     results[split] = summary
-    write_predictions(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
+    files.write_lines(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
   selection = config.data.selection_split
-  checkpointing.write_json(os.path.join(out_dir, "metrics.json"), {
+  files.write_json(os.path.join(out_dir, "metrics.json"), {
       "step": int(step), "splits": results,
       "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
   return results
@@ -201,10 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from workdir), keeps the latest and the best checkpoints, evaluates."""
   _setup(config)
   os.makedirs(workdir, exist_ok=True)
-  records = Records(records_dir(config), config.data)
+  records = Records(data_path(config.data, "records_dir"), config.data)
   config = with_data_sizes(config, records)
-  checkpointing.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  checkpointing.write_json(os.path.join(workdir, "vocab.json"),
+  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  files.write_json(os.path.join(workdir, "vocab.json"),
                            {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1,
                             "words": records.vocabulary(), "source": records.records_dir})
   mesh = make_mesh()
@@ -230,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=jax.process_index() == 0)
   best = checkpointing.read_json(os.path.join(workdir, "best.json"), default=None)
   thresholds = losses.numpy_threshold_schedule(config.num_epochs)
+  learning_rate = optim.learning_rate_schedule(config, total_steps)
   max_steps = config.get("max_steps", 0) or total_steps
   stop_at = min(total_steps, max_steps)
   last_good = step
@@ -260,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         raise TrainingDiverged(
             f"loss became NaN/inf before step {step} ({mean}); the last good checkpoint "
             f"(step {last_good}) is kept in {workdir}")
-      mean.update(learning_rate=float(optim.learning_rate_schedule(config, total_steps)(step - 1)),
+      mean.update(learning_rate=float(learning_rate(step - 1)),
                   threshold=float(thresholds[epoch]), epoch=epoch)
       writer.scalars(step, mean, prefix="train/", console=not progress)
       bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
@@ -280,7 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   "metric": config.selection_metric, "metrics": summary}
           checkpointing.save(workdir, step, variables, subdir=checkpointing.BEST_DIR,
                              max_to_keep=1)
-          checkpointing.write_json(os.path.join(workdir, "best.json"), best)
+          files.write_json(os.path.join(workdir, "best.json"), best)
   bar.close()
   log.info("trained %d steps in %.1fs", step, time.time() - started)
   result = {"step": step, "best": best}
@@ -298,7 +283,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
   Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
   _setup(config)
-  records = Records(records_dir(config), config.data)
+  records = Records(data_path(config.data, "records_dir"), config.data)
   saved = checkpointing.read_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = saved.model  # the checkpoint's architecture wins over the command line

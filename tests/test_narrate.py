@@ -2,7 +2,6 @@
 through the real from_pretrained path, generated videos of known length, crashes and shards."""
 
 import json
-import os
 
 import pytest
 

@@ -41,11 +41,12 @@ import jax, numpy as np
 from configs import demo
 from tea_jax import optim, train
 from tea_jax.input_pipeline import Records
+from tea_jax.records import data_path
 config = demo.get_config(); config.unlock()
 config.data.root = sys.argv[1]
 config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
 config.batch_size = 8
-records = Records(train.records_dir(config), config.data)
+records = Records(data_path(config.data, "records_dir"), config.data)
 config = train.with_data_sizes(config, records)
 mesh = train.make_mesh()
 tx = optim.make_optimizer(config, 10)
@@ -84,9 +85,8 @@ def test_two_devices_give_the_same_losses_as_one(data_root):
 
 
 def final_params(workdir):
-  variables, _ = checkpointing.restore(workdir, checkpointing.steps(workdir)[-1]).get(
-      "variables"), None
-  return jax.tree_util.tree_leaves(variables)
+  restored = checkpointing.restore(workdir, checkpointing.steps(workdir)[-1])
+  return jax.tree_util.tree_leaves(restored["variables"])
 
 
 def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
@@ -99,7 +99,7 @@ def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
   assert partial["step"] == 3 and "metrics" not in partial
   resumed = train.train_and_evaluate(tiny_config(data_root), str(interrupted), progress=False)
   assert resumed["step"] == total
-  for a, b in zip(final_params(str(straight)), final_params(str(interrupted))):
+  for a, b in zip(final_params(str(straight)), final_params(str(interrupted)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Outputs of a finished run.
   metrics = json.loads((straight / "metrics.json").read_text())
