@@ -1,11 +1,13 @@
 """Full training step (forward, losses, backward, clipping, AdamW) at the paper's shapes.
 
     python bench/train_step.py [--batch 16 --length 128 --words 12 --variants emb,tea]
+                               [--lstm scan,cudnn]
 
 Prints ms per step and samples/s for each variant, and the projected wall time of a 100-epoch
 Charades-CD run (11,071 training pairs: 692 steps per epoch at batch 16), on whatever backend JAX
 finds (CPU here; the GPU when there is one). Uses the jitted step of tea_jax.train on a mesh over
-all local devices.
+all local devices. `--lstm` lists the BiLSTM implementations to time (default: "scan", and also
+"cudnn" when JAX runs on a GPU).
 """
 
 import argparse
@@ -35,7 +37,10 @@ def main():
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--epochs", type=int, default=100)
   parser.add_argument("--variants", default="emb,tea")
+  parser.add_argument("--lstm", default=None,
+                      help="comma-separated model.lstm values (default: scan; scan,cudnn on a GPU)")
   args = parser.parse_args()
+  lstms = (args.lstm or ("scan,cudnn" if jax.default_backend() == "gpu" else "scan")).split(",")
   mesh = train.make_mesh()
   steps_per_epoch = math.ceil(CHARADES_CD_TRAIN / args.batch)
   print(f"backend={jax.default_backend()} devices={jax.device_count()} B={args.batch} "
@@ -44,9 +49,9 @@ def main():
         f"({steps_per_epoch * args.epochs} steps) |")
   print("| --- | --- | --- | --- | --- |")
   rng = np.random.default_rng(0)
-  for name in args.variants.split(","):
+  for name, lstm in [(n, lstm) for n in args.variants.split(",") for lstm in lstms]:
     config = common.base_config()
-    config.model.update(VARIANTS[name], vocab_size=args.vocab)
+    config.model.update(VARIANTS[name], vocab_size=args.vocab, lstm=lstm)
     config.batch_size = args.batch
     tx = optim.make_optimizer(config, steps_per_epoch * args.epochs)
     variables = inference.init_params(config, jax.random.key(0))
@@ -67,7 +72,8 @@ def main():
 
     seconds, compile_s = timeit(run, args.repeats)
     hours = seconds * steps_per_epoch * args.epochs / 3600
-    print(f"| {name} | {seconds * 1e3:.1f} | {args.batch / seconds:.1f} | {compile_s:.1f} | "
+    label = name if lstm == "scan" else f"{name} ({lstm} LSTM)"
+    print(f"| {label} | {seconds * 1e3:.1f} | {args.batch / seconds:.1f} | {compile_s:.1f} | "
           f"{hours:.2f} h |")
 
 

@@ -39,6 +39,9 @@ def model_config() -> ml_collections.ConfigDict:
   c.paragraph_branch = False
   # Weight alpha of the paragraph branch: p = (p_v + alpha p_c) / (1 + alpha).
   c.alpha = 0.5
+  # BiLSTM implementation (tea_jax.predictor): "scan" (everywhere) or "cudnn" (CUDA GPUs only; same
+  # parameters and results up to TF32 rounding, far fewer kernels per step).
+  c.lstm = "scan"
   return c
 
 

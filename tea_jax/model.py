@@ -72,7 +72,7 @@ class TEA(nn.Module):
     frames = ContextQueryFusion(c.hidden, c.dropout, name="frame_fusion")(
         stream["frames"], stream["query"], video_mask, query_mask, train=train)
     frames, highlight = HighlightGate(name="gate")(frames, video_mask)
-    start_logits, end_logits = SpanPredictor(c.hidden, name="predictor")(frames, video_mask)
+    start_logits, end_logits = SpanPredictor(c.hidden, c.lstm, name="predictor")(frames, video_mask)
     proposals = ContextQueryFusion(c.hidden, c.dropout, name="proposal_fusion")(
         proposals, proposal_query, proposal_mask[:, keep], query_mask, train=train)
     if len(keep) < cells * cells:
@@ -92,7 +92,7 @@ class TEA(nn.Module):
       nframes = ContextQueryFusion(c.hidden, c.dropout, name="paragraph_fusion")(
           nstream["frames"], nstream["query"], video_mask, query_mask, train=train)
       nframes, _ = HighlightGate(name="paragraph_gate")(nframes, video_mask)
-      nstart, nend = SpanPredictor(c.hidden, name="paragraph_predictor")(nframes, video_mask)
+      nstart, nend = SpanPredictor(c.hidden, c.lstm, name="paragraph_predictor")(nframes, video_mask)
       outputs.update(paragraph_start_logits=nstart, paragraph_end_logits=nend)
       # p = (p_v + alpha p_c) / (1 + alpha): same argmax as the paper's p_v + alpha p_c.
       start_prob = (start_prob + c.alpha * jax.nn.softmax(nstart, -1)) / (1.0 + c.alpha)

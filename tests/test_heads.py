@@ -1,8 +1,12 @@
 """Fusion, gate, BiLSTM predictor and ranker against numpy references (MODEL.md section 8)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
+from jax.experimental import rnn
 
+from tea_jax import predictor
 from tea_jax.fusion import ContextQueryFusion, HighlightGate
 from tea_jax.predictor import BiLSTM, SpanPredictor
 from tea_jax.ranker import Ranker, valid_count_weights
@@ -85,6 +89,50 @@ def test_bilstm_respects_each_length_in_both_directions(rng):
                     p[f"{direction}_b_ih"] + p[f"{direction}_b_hh"], reverse)
       np.testing.assert_allclose(ours[s, :n, cols], ref, atol=1e-5)
     assert np.all(ours[s, n:] == 0)
+
+
+def lstm_ref_bilstm(x, lengths, flat_weights, hidden):
+  """JAX's own reference of the cuDNN kernel, fed through JAX's own unpacking of the cuDNN layout."""
+  w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(flat_weights, x.shape[-1], hidden, 1, True)
+  zeros = jnp.zeros((2, x.shape[0], hidden), x.dtype)
+  out, _, _ = rnn.lstm_ref(x, zeros, zeros, w_ih, w_hh, b_ih, b_hh, lengths, x.shape[-1], hidden,
+                           1, 0.0, True)
+  return out
+
+
+def test_cudnn_path_matches_scan_in_values_and_gradients(rng, monkeypatch):
+  # No GPU here: the cuDNN call is swapped for JAX's reference of it, which checks everything of the
+  # "cudnn" path but the kernel itself (weight packing, lengths, layout, zero padding, gradients).
+  monkeypatch.setattr(predictor, "cudnn_bilstm", lstm_ref_bilstm)
+  lengths, l, din, h = [7, 3, 1], 7, 5, 4
+  x = rng.normal(size=(3, l, din)).astype(np.float32)
+  mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)
+  params = BiLSTM(h).init(jax.random.key(0), x, mask)["params"]
+  probe = rng.normal(size=(3, l, 2 * h)).astype(np.float32)
+
+  def loss(params, x, implementation):
+    return jnp.sum(BiLSTM(h, implementation).apply({"params": params}, x, mask) * probe)
+
+  results = {}
+  for implementation in ("scan", "cudnn"):
+    out = BiLSTM(h, implementation).apply({"params": params}, x, mask)
+    grads = jax.grad(loss, argnums=(0, 1))(params, x, implementation)
+    results[implementation] = (out, grads)
+  np.testing.assert_allclose(results["cudnn"][0], results["scan"][0], atol=1e-6)
+  assert np.all(np.asarray(results["cudnn"][0])[1, 3:] == 0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               results["cudnn"][1], results["scan"][1])
+
+
+def test_cudnn_bilstm_needs_a_gpu_and_names_the_fix(rng):
+  if jax.default_backend() == "gpu":
+    pytest.skip("this machine has a GPU")
+  x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+  mask = np.ones((2, 4), np.float32)
+  with pytest.raises(ValueError, match="model.lstm='scan'"):
+    BiLSTM(4, "cudnn").init(jax.random.key(0), x, mask)
+  with pytest.raises(ValueError, match="must be one of"):
+    BiLSTM(4, "pallas").init(jax.random.key(0), x, mask)
 
 
 def test_span_predictor_masks_padding(rng):
