@@ -11,7 +11,9 @@ step_ms=$("$PY" bench/train_step.py --variants emb --repeats 5 \
   | awk -F'|' '/^\| emb/ {gsub(/ /, "", $3); if (min == "" || $3 + 0 < min + 0) min = $3} END {print min}')
 "$PY" bench/input_pipeline.py --step-ms "${step_ms:-340}"
 if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  "$PY" bench/narrate.py --architecture llava-1.5-13b --batch-sizes 1,8,32,64 --frames 64 --new-tokens 60
+  "$PY" bench/narrate.py --architecture llava-1.5-13b --batch-sizes 1,8,32,64 --frames 64 --new-tokens 60 \
+    --end-to-end --decode-workers 2,4
 else
-  "$PY" bench/narrate.py --architecture tiny --batch-sizes 1,4,16,32 --frames 64 --new-tokens 60
+  "$PY" bench/narrate.py --architecture tiny --batch-sizes 1,4,16,32 --frames 64 --new-tokens 60 \
+    --end-to-end
 fi

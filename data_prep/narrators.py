@@ -67,14 +67,19 @@ class Narrator:
   def prompt_text(self) -> str | None:
     return None
 
-  @torch.inference_mode()
-  def caption(self, images) -> list[str]:
-    """Greedy captions of `images`, the prompt sliced off, whitespace normalised."""
+  def prepare(self, images):
+    """CPU half of `caption`: the processor's pixel values and prompt ids (run in a worker thread by
+    data_prep.narrate, so that it overlaps with the previous batch's generation)."""
     text = self.prompt_text()
     kwargs = {"images": list(images), "return_tensors": "pt"}
     if text is not None:
       kwargs.update(text=[text] * len(images), padding=True)
-    inputs = self.processor(**kwargs).to(self.device)
+    return self.processor(**kwargs)
+
+  @torch.inference_mode()
+  def generate(self, inputs) -> list[str]:
+    """Device half of `caption`: greedy decoding, the prompt sliced off, whitespace normalised."""
+    inputs = inputs.to(self.device)
     if "pixel_values" in inputs:
       inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
     out = self.model.generate(**inputs, do_sample=False, num_beams=1,
@@ -85,6 +90,10 @@ class Narrator:
       out = out[:, prompt_ids.shape[1]:]  # decoder-only models echo the prompt
     texts = self.processor.batch_decode(out, skip_special_tokens=True)
     return [normalise_whitespace(t) for t in texts]
+
+  def caption(self, images) -> list[str]:
+    """Greedy captions of `images`, the prompt sliced off, whitespace normalised."""
+    return self.generate(self.prepare(images))
 
 
 class LlavaNarrator(Narrator):

@@ -62,12 +62,19 @@ def test_batched_captions_equal_one_at_a_time(narrator, videos):
 def test_narrate_writes_lines_reports_failures_and_resumes(narrator, videos, tmp_path):
   out = str(tmp_path / "narratives.jsonl")
   selected = narrate.select_videos(str(videos))
-  summary = narrate.narrate(narrator, selected, out, batch_size=4, progress=False)
+  summary = narrate.narrate(narrator, selected, out, batch_size=4, progress=False,
+                            decode_workers=3)
   assert summary["videos_written"] == 3 and summary["videos_failed"] == 2
   lines = [json.loads(line) for line in open(out, encoding="utf-8")]
   by_id = {line["video_id"]: line for line in lines}
   assert [n["t"] for n in by_id["v1"]["narratives"]] == [0.0, 1.0, 2.0, 3.0, 4.0]
   assert len(by_id["v2"]["narratives"]) == 3 and by_id["v1"]["model"] == "llava"
+  # Three decoders interleave the videos' frames, batches of 4 mix them and are prepared one batch
+  # ahead of generation: every caption must still land on its own frame.
+  for vid in ("v1", "v2", "v3"):
+    path = next(p for v, p in selected if v == vid)
+    expected = narrator.caption([image for _, image in sample_frames(path)])
+    assert [n["text"] for n in by_id[vid]["narratives"]] == expected
   failures = [json.loads(line) for line in open(out + ".failures.jsonl", encoding="utf-8")]
   assert {f["video_id"] for f in failures} == {"broken", "empty"}
   assert all(f["reason"] for f in failures)
@@ -123,3 +130,6 @@ def test_cli_errors_are_clear(tmp_path, videos, capsys):
   assert code == 2 and "local Hugging Face model directory" in capsys.readouterr().err
   code = narrate.main(["--videos", str(tmp_path / "missing"), "--model", "x", "--out", "o"])
   assert code == 2 and "video folder not found" in capsys.readouterr().err
+  code = narrate.main(["--videos", str(videos), "--model", "x", "--out", "o",
+                       "--decode-workers", "0"])
+  assert code == 2 and "--decode-workers must be at least 1" in capsys.readouterr().err
