@@ -280,8 +280,9 @@ def _narrate_main(argv) -> int:
   from data_prep.narrators import BACKENDS  # pylint: disable=import-outside-toplevel
   try:
     for flag in ("batch_size", "decode_workers", "max_new_tokens"):
-      if getattr(args, flag) < 1:
-        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+      value = getattr(args, flag)
+      if value < 1:
+        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     videos = select_videos(args.videos, args.video_ids, args.num_shards, args.shard_index)
     narrator = BACKENDS[args.backend](args.model, args.device, args.dtype, args.max_new_tokens)
   except (FileNotFoundError, ValueError, RuntimeError) as e:

@@ -133,8 +133,9 @@ class Records:
       epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + e
       order = tf.data.Dataset.from_tensor_slices(files).shuffle(
           len(files), seed=epoch_seed, reshuffle_each_iteration=False)
+      # Sequential interleave (no num_parallel_calls): deterministic by construction.
       ds = order.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                            block_length=1, deterministic=True)
+                            block_length=1)
       return ds.shuffle(buffer, seed=epoch_seed + 1, reshuffle_each_iteration=False)
 
     ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch).skip(offset)

@@ -10,7 +10,10 @@ recompiles between epochs. Training resumes from the latest checkpoint of the wo
 import logging
 import math
 import os
+import queue
+import threading
 import time
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -133,6 +136,50 @@ def to_device(batch: dict, mesh, whole: bool = False) -> dict:
           for k in DEVICE_KEYS if k in batch}
 
 
+def prefetch_to_device(batches, mesh, size: int = 2):
+  """Yields `to_device(batch, mesh)` of each host batch, read up to `size` batches ahead.
+
+  A background thread pulls the next batches (tf.data, numpy conversion) and starts their
+  host-to-device copies while the device runs the current step, so on a fast accelerator the
+  step does not wait for the host. Order is kept; an error of the reader is raised here; closing
+  this generator stops the thread.
+  """
+  slots: queue.Queue = queue.Queue(maxsize=size)
+  stop = threading.Event()
+  done = object()
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        slots.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def work():
+    try:
+      for batch in batches:
+        if not put(to_device(batch, mesh)):
+          return
+      put(done)
+    except BaseException as e:  # pylint: disable=broad-except
+      put(e)  # re-raised in the consumer, with its traceback
+
+  thread = threading.Thread(target=work, daemon=True, name="prefetch-to-device")
+  thread.start()
+  try:
+    while True:
+      item = slots.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
 def evaluate_split(eval_step, variables, records: Records, split: str, batch_size: int, mesh,
                    progress: bool = True) -> tuple[dict, list[dict]]:
   """Metrics and per-pair predictions of one split (padding examples not counted)."""
@@ -222,50 +269,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def save(at_step, variables, train_state):
     checkpointing.save(workdir, at_step, variables, train_state, max_to_keep=2)
 
-  batches = records.train_batches(config.data.train_split, config.batch_size, config.seed,
-                                  start_step=step, process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+  batches = prefetch_to_device(
+      records.train_batches(config.data.train_split, config.batch_size, config.seed,
+                            start_step=step, process_index=jax.process_index(),
+                            process_count=jax.process_count()), mesh)
   bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not progress,
              dynamic_ncols=True)
   started, pending = time.time(), []
-  while step < stop_at:
-    epoch = step // steps_per_epoch
-    batch = next(batches)
-    variables, train_state, stats = train_step(variables, train_state, to_device(batch, mesh),
-                                               np.float32(thresholds[epoch]))
-    pending.append(stats)
-    step += 1
-    bar.update(1)
-    epoch_end = step % steps_per_epoch == 0 or step == stop_at
-    if step % config.log_every_steps == 0 or epoch_end:
-      host = jax.device_get(pending)
-      pending = []
-      mean = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
-      if not all(math.isfinite(v) for v in mean.values()):
-        raise TrainingDiverged(
-            f"loss became NaN/inf before step {step} ({mean}); the last good checkpoint "
-            f"(step {last_good}) is kept in {workdir}")
-      mean.update(learning_rate=float(learning_rate(step - 1)),
-                  threshold=float(thresholds[epoch]), epoch=epoch)
-      writer.scalars(step, mean, prefix="train/", console=not progress)
-      bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
-    if epoch_end:
-      save(step, variables, train_state)
-      last_good = step
-      epoch_done = math.ceil(step / steps_per_epoch)
-      if epoch_done % config.eval_every_epochs == 0 or step == total_steps:
-        split = config.data.selection_split
-        summary, _ = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
-                                    mesh, progress=False)
-        writer.scalars(step, {k: v for k, v in summary.items() if k != "count"},
-                       prefix=f"{split}/", console=not progress)
-        value = summary[config.selection_metric]
-        if best is None or value > best["value"]:
-          best = {"step": step, "epoch": epoch_done, "value": value, "split": split,
-                  "metric": config.selection_metric, "metrics": summary}
-          checkpointing.save(workdir, step, variables, subdir=checkpointing.BEST_DIR,
-                             max_to_keep=1)
-          files.write_json(os.path.join(workdir, "best.json"), best)
+  try:
+    while step < stop_at:
+      epoch = step // steps_per_epoch
+      batch = next(batches)
+      variables, train_state, stats = train_step(variables, train_state, batch,
+                                                 np.float32(thresholds[epoch]))
+      pending.append(stats)
+      step += 1
+      bar.update(1)
+      epoch_end = step % steps_per_epoch == 0 or step == stop_at
+      if step % config.log_every_steps == 0 or epoch_end:
+        host = jax.device_get(pending)
+        pending = []
+        mean = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
+        if not all(math.isfinite(v) for v in mean.values()):
+          raise TrainingDiverged(
+              f"loss became NaN/inf before step {step} ({mean}); the last good checkpoint "
+              f"(step {last_good}) is kept in {workdir}")
+        mean.update(learning_rate=float(learning_rate(step - 1)),
+                    threshold=float(thresholds[epoch]), epoch=epoch)
+        writer.scalars(step, mean, prefix="train/", console=not progress)
+        bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
+      if epoch_end:
+        save(step, variables, train_state)
+        last_good = step
+        epoch_done = math.ceil(step / steps_per_epoch)
+        if epoch_done % config.eval_every_epochs == 0 or step == total_steps:
+          split = config.data.selection_split
+          summary, _ = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
+                                      mesh, progress=False)
+          writer.scalars(step, {k: v for k, v in summary.items() if k != "count"},
+                         prefix=f"{split}/", console=not progress)
+          value = summary[config.selection_metric]
+          if best is None or value > best["value"]:
+            best = {"step": step, "epoch": epoch_done, "value": value, "split": split,
+                    "metric": config.selection_metric, "metrics": summary}
+            checkpointing.save(workdir, step, variables, subdir=checkpointing.BEST_DIR,
+                               max_to_keep=1)
+            files.write_json(os.path.join(workdir, "best.json"), best)
+  finally:
+    batches.close()  # stops the prefetching thread, also on an error
   bar.close()
   log.info("trained %d steps in %.1fs", step, time.time() - started)
   result = {"step": step, "best": best}

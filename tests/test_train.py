@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -122,3 +123,35 @@ def test_nan_loss_stops_with_a_clear_error(data_root, tmp_path):
   with pytest.raises(train.TrainingDiverged, match="last good checkpoint"):
     train.train_and_evaluate(config, str(tmp_path / "nan"), progress=False)
   assert checkpointing.steps(str(tmp_path / "nan")) == []
+
+
+def test_prefetch_to_device_keeps_order_raises_reader_errors_and_stops():
+  mesh = train.make_mesh()
+  host = [{"valid": np.full(2, k, np.float32), "query": np.array(["a", "b"])} for k in range(5)]
+  got = list(train.prefetch_to_device(iter(host), mesh))
+  assert [float(b["valid"][0]) for b in got] == [0, 1, 2, 3, 4]
+  assert isinstance(got[0]["valid"], jax.Array) and "query" not in got[0]
+
+  def broken():
+    yield host[0]
+    raise OSError("shard-00003 is truncated")
+
+  prefetched = train.prefetch_to_device(broken(), mesh)
+  assert float(next(prefetched)["valid"][0]) == 0
+  with pytest.raises(OSError, match="shard-00003"):
+    next(prefetched)
+
+  pulled = []
+
+  def endless():
+    while True:
+      pulled.append(len(pulled))
+      yield host[0]
+
+  prefetched = train.prefetch_to_device(endless(), mesh, size=2)
+  next(prefetched)
+  prefetched.close()
+  time.sleep(0.5)
+  count = len(pulled)
+  time.sleep(0.3)
+  assert len(pulled) == count <= 5  # the reader stopped a bounded distance ahead
