@@ -4,7 +4,7 @@
 
 Writes a synthetic benchmark with I3D-sized features (1024-d, videos of 100-200 s reduced to 128
 snippets) and 300-d word vectors, then prints: the build time per 1k pairs, and the batches/s the
-training reader delivers (B = 16, fixed L and W), next to the batches/s a training step consumes
+training reader delivers (B = 16, fixed L and W) and the records' size on disk, next to the batches/s a training step consumes
 (pass --step-ms from bench/train_step.py; the target is a reader at least 10x faster).
 """
 
@@ -44,6 +44,9 @@ def main():
   meta = build_records(config, progress=False)
   build_s = time.perf_counter() - t0
   pairs = sum(m["pairs"] for m in meta["splits"].values())
+  records_dir = os.path.join(root, "records")
+  record_bytes = sum(os.path.getsize(os.path.join(records_dir, name))
+                     for name in os.listdir(records_dir) if name.endswith(".tfrecord"))
   records = Records(os.path.join(root, "records"), config.data)
   stream = records.train_batches("train", args.batch, seed=0)
   next(stream)  # start-up
@@ -56,6 +59,8 @@ def main():
   print(f"synthetic data: {args.videos} videos, {pairs} pairs ({counts}), written in {gen_s:.1f}s")
   print(f"records: L={records.length} W={records.words}, video 1024-d, narrative 300-d")
   print(f"| build records | {build_s:.1f} s for {pairs} pairs = {1000 * build_s / pairs:.1f} s per 1k pairs |")
+  print(f"| records on disk | {record_bytes / 2**20:.0f} MiB = {record_bytes / pairs / 1024:.0f} KiB "
+        f"per pair |")
   print(f"| reader (train, B={args.batch}) | {reader:.1f} batches/s |")
   print(f"| train step consumes | {consumer:.2f} batches/s (step {args.step_ms:.0f} ms) |")
   print(f"| reader / consumer | {reader / consumer:.1f}x (target >= 10x) |")

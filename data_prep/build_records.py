@@ -3,7 +3,7 @@
     python -m data_prep.build_records --config configs/charades_cd.py [--config.data.root=DIR]
 
 Writes into config.data.records_dir (relative to data.root):
-  <split>-<k>-of-<n>.tfrecord   one tf.train.Example per (video, query) pair (schema:
+  <split>-<k>-of-<n>.tfrecord   one tf.train.Example per video with all its queries (schema:
                                 tea_jax/records.py and the README)
   features.json                 the tensorflow-datasets feature spec of the records
   vocab.json                    the vocabulary (id -> word; PAD 0, UNK 1)
@@ -35,7 +35,7 @@ from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, align_to_snippets, read_narratives
 from data_prep.text import build_vocabulary, tokenize, word_ids
 from tea_jax import cli, files
-from tea_jax.records import data_path, record_features
+from tea_jax.records import RECORD_FORMAT, data_path, record_features
 
 log = logging.getLogger("build_records")
 
@@ -97,10 +97,11 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
       by_video = collections.OrderedDict()
       for i, pair in enumerate(ann.pairs):
         by_video.setdefault(pair.video_id, []).append(i)
-      num_shards = max(1, min(data.num_shards, len(ann.pairs)))
+      num_shards = max(1, min(data.num_shards, len(by_video)))
       names = shard_names(split, num_shards)
       writers = [tf.io.TFRecordWriter(os.path.join(tmp_dir, n)) for n in names]
-      written, skipped, per_shard = 0, 0, -(-len(ann.pairs) // num_shards)
+      written, skipped, videos_written = 0, 0, 0
+      per_shard = -(-len(by_video) // num_shards)
       bar = tqdm(total=len(ann.pairs), desc=f"records {split}", disable=not progress)
       for vid, indices in by_video.items():
         bar.update(len(indices))
@@ -117,6 +118,11 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
                            f"config.model.video_dim is {model.video_dim}")
         v_len = reduced.shape[0]
         duration = ann.pairs[indices[0]].duration
+        other = [ann.pairs[i] for i in indices if abs(ann.pairs[i].duration - duration) > 1e-3]
+        if other:  # one record per video stores one duration (true of every benchmark file)
+          raise BuildError(f"{split}: video {vid!r} has duration {duration} at "
+                           f"{ann.pairs[indices[0]].source} but {other[0].duration} at "
+                           f"{other[0].source}")
         if data.narratives:
           if vid not in narratives:
             missing.setdefault(vid, f"no narratives for video {vid!r} in {data.narratives}")
@@ -129,7 +135,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
           narrative = align_to_snippets(times, sentence_feats, duration, v_len)
         else:
           narrative = np.zeros((v_len, narrative_dim), np.float32)
-        max_len = max(max_len, v_len)
+        queries = []
         for i in indices:
           pair = ann.pairs[i]
           ids = word_ids(tokens[split][i], vocab_index, data.max_words)
@@ -139,19 +145,24 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
             continue
           max_words = max(max_words, len(ids))
           s, e = moment_labels(pair.start, pair.end, v_len, pair.duration)
-          example = schema.serialize_example({
-              "video_id": vid, "query": pair.sentence, "source": pair.source, "pair_index": i,
-              "duration": pair.duration, "start_time": pair.start, "end_time": pair.end,
-              "start_label": s, "end_label": e, "video": reduced, "narrative": narrative,
-              "word_ids": np.asarray(ids, np.int64)})
-          writers[min(written // per_shard, num_shards - 1)].write(example)
-          written += 1
+          queries.append({"query": pair.sentence, "source": pair.source, "pair_index": i,
+                          "start_time": pair.start, "end_time": pair.end, "start_label": s,
+                          "end_label": e, "word_ids": ids})
+        if not queries:
+          continue
+        max_len = max(max_len, v_len)
+        example = schema.serialize_example({
+            "video_id": vid, "duration": duration, "video": reduced, "narrative": narrative,
+            "queries": queries})
+        writers[min(videos_written // per_shard, num_shards - 1)].write(example)
+        written += len(queries)
+        videos_written += 1
       bar.close()
       for w in writers:
         w.close()
       meta_splits[split] = {"annotation_file": ann.path, "pairs": written, "skipped": skipped,
                             "bad_records": [vars(b) for b in ann.bad], "shards": names,
-                            "videos": len(by_video)}
+                            "videos": len(by_video), "videos_written": videos_written}
       log.info("%s: %d pairs written, %d skipped", split, written, skipped)
     if not any(m["pairs"] for m in meta_splits.values()):
       raise BuildError("no pair could be written: check the features and narratives paths")
@@ -160,7 +171,8 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
     files.write_json(os.path.join(tmp_dir, "vocab.json"), vocab)
     np.save(os.path.join(tmp_dir, "word_vectors.npy"), word_vectors.astype(np.float32))
     meta = {
-        "splits": meta_splits, "vocab_size": len(vocab), "word_dim": int(model.word_dim),
+        "record_format": RECORD_FORMAT, "splits": meta_splits, "vocab_size": len(vocab),
+        "word_dim": int(model.word_dim),
         "video_dim": int(model.video_dim), "narrative_dim": int(narrative_dim),
         "max_snippets_seen": int(max_len), "max_words_seen": int(max_words),
         "missing_videos": dict(missing), "narrative_problems": narrative_problems,

@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tea_jax import cli
-from tea_jax.records import data_path
+from tea_jax.records import RECORD_FORMAT, data_path
 
 log = logging.getLogger("tea_jax")
 
@@ -34,7 +34,12 @@ def prepare_data_if_synthetic(config: ml_collections.ConfigDict) -> None:
     log.info("writing the synthetic benchmark to %s", data.root)
     synthetic.generate(data.root, videos=videos, seed=config.seed,
                        video_dim=config.model.video_dim, word_dim=config.model.word_dim)
-  if not os.path.isfile(os.path.join(data_path(data, "records_dir"), "meta.json")):
+  meta = os.path.join(data_path(data, "records_dir"), "meta.json")
+  current = False
+  if os.path.isfile(meta):
+    with open(meta, encoding="utf-8") as f:
+      current = json.load(f).get("record_format") == RECORD_FORMAT
+  if not current:  # missing, or written by an older tea_jax in another format
     log.info("building records in %s", data_path(data, "records_dir"))
     build_records.build_records(config, progress=False)
 

@@ -1,12 +1,15 @@
 """tf.data reader of the TFRecords written by data_prep.build_records.
 
-Batches are numpy dicts of FIXED shapes (padded snippets L and words W are the same for every
+Each record is one video with all its queries; the reader decodes a video once and expands it into
+its (video, query) pairs, which share the decoded features until batching copies them. Batches are
+numpy dicts of FIXED shapes (padded snippets L and words W are the same for every
 batch of a run), so the jitted step never recompiles:
   video (B, L, Dv), narrative (B, L, Dn), video_mask (B, L), word_ids (B, W) int32, query_mask
   (B, W), start_label / end_label (B,) int32, duration / start_time / end_time (B,) float32,
   pair_index (B,) int32, valid (B,) float32 (0 on padding examples), video_id / query (B,) str.
-Training: shuffled (a fresh order per epoch, derived from the seed and the epoch) and repeated; it
-can start at any step, so a resumed run sees exactly the batches it would have seen.
+Training: shuffled (a fresh order per epoch, derived from the seed and the epoch: shard order, a
+buffer of videos, then a buffer of pairs) and repeated; it can start at any step, so a resumed run
+sees exactly the batches it would have seen.
 Evaluation: every example exactly once, in record order; the last batch is padded with examples
 whose `valid` is 0.
 """
@@ -17,7 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tea_jax.records import record_features
+from tea_jax.records import RECORD_FORMAT, record_features
 
 # TensorFlow only feeds data here: it must never take a GPU (or its memory) from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -31,7 +34,13 @@ def load_meta(records_dir: str) -> dict:
     raise FileNotFoundError(f"no meta.json in {records_dir}: build the records first "
                             f"(python -m data_prep.build_records --config ...)")
   with open(path, encoding="utf-8") as f:
-    return json.load(f)
+    meta = json.load(f)
+  if meta.get("record_format") != RECORD_FORMAT:
+    raise ValueError(f"the records in {records_dir} have format "
+                     f"{meta.get('record_format', 'one example per pair')!r}, this "
+                     f"reader needs {RECORD_FORMAT!r}: rebuild them with "
+                     f"python -m data_prep.build_records --config ...")
+  return meta
 
 
 def round_up(n: int, multiple: int = 8) -> int:
@@ -62,29 +71,45 @@ def split_files(records_dir: str, meta: dict, split: str) -> list[str]:
   return files
 
 
-def _parser(meta: dict, length: int, words: int):
+def _video_parser(meta: dict, length: int, words: int):
+  """Serialized video record -> (shared video tensors, per-query tensors with a leading Q axis)."""
   schema = record_features(meta["video_dim"], meta["narrative_dim"])
 
   def parse(serialized):
     ex = schema.deserialize_example(serialized)
     v_len = tf.shape(ex["video"])[0]
-    n_words = tf.shape(ex["word_ids"])[0]
     pad_rows = [[0, length - v_len], [0, 0]]
-    return {
+    shared = {
         "video": tf.pad(ex["video"], pad_rows),
         "narrative": tf.pad(ex["narrative"], pad_rows),
         "video_mask": tf.cast(tf.range(length) < v_len, tf.float32),
-        "word_ids": tf.pad(tf.cast(ex["word_ids"], tf.int32), [[0, words - n_words]]),
-        "query_mask": tf.cast(tf.range(words) < n_words, tf.float32),
-        "start_label": tf.cast(ex["start_label"], tf.int32),
-        "end_label": tf.cast(ex["end_label"], tf.int32),
-        "duration": ex["duration"], "start_time": ex["start_time"], "end_time": ex["end_time"],
-        "pair_index": tf.cast(ex["pair_index"], tf.int32),
-        "valid": tf.constant(1.0, tf.float32),
-        "video_id": ex["video_id"], "query": ex["query"],
     }
+    q = ex["queries"]
+    n = tf.shape(q["pair_index"])[0]
+    ids = tf.cast(q["word_ids"], tf.int32)  # ragged (Q, n_words)
+    per_query = {
+        "word_ids": ids.to_tensor(0, shape=[None, words]),
+        "query_mask": tf.cast(tf.range(words, dtype=tf.int64)[None] < ids.row_lengths()[:, None],
+                              tf.float32),
+        "start_label": tf.cast(q["start_label"], tf.int32),
+        "end_label": tf.cast(q["end_label"], tf.int32),
+        "duration": tf.fill([n], ex["duration"]),
+        "start_time": q["start_time"], "end_time": q["end_time"],
+        "pair_index": tf.cast(q["pair_index"], tf.int32),
+        "valid": tf.ones([n], tf.float32),
+        "video_id": tf.fill([n], ex["video_id"]), "query": q["query"],
+    }
+    return shared, per_query
 
   return parse
+
+
+def _pairs(shared, per_query):
+  """The (video, query) pairs of one parsed video record, in query order."""
+  n = tf.shape(per_query["pair_index"], out_type=tf.int64)[0]
+  both = tf.data.Dataset.zip(tf.data.Dataset.from_tensors(shared).repeat(n),
+                             tf.data.Dataset.from_tensor_slices(per_query))
+  return both.map(lambda a, b: {**a, **b})
 
 
 def _to_numpy(batch: dict) -> dict:
@@ -111,8 +136,10 @@ class Records:
                     num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):
     """Endless (or num_epochs) shuffled full batches, starting at `start_step`.
 
-    Epoch e visits every example once in an order fixed by (seed, e) (shards interleaved in a
-    seeded order, then a seeded shuffle buffer of data.shuffle_buffer); batches run across epoch
+    Epoch e visits every pair once in an order fixed by (seed, e): shards interleaved in a seeded
+    order, a seeded buffer of data.shuffle_buffer / 4 video records, their pairs, then a seeded
+    buffer of data.shuffle_buffer pairs (pairs share their video's decoded features, so the pair
+    buffer holds at most that many videos' features); batches run across epoch
     boundaries, so steps = ceil(epochs * n / batch). Multi-host: each process reads every
     process_count-th example of the global order (its share of the global batch).
     """
@@ -125,24 +152,29 @@ class Records:
     first_epoch, offset = divmod(first, n)
     last_epoch = num_epochs if num_epochs is not None else np.iinfo(np.int32).max
 
-    buffer = max(1, min(n, self.shuffle_buffer))
+    pair_buffer = max(1, min(n, self.shuffle_buffer))
+    # Videos are shuffled first (a quarter of the buffer, in videos), then their pairs.
+    video_buffer = max(1, min(self.meta["splits"][split]["videos_written"],
+                              self.shuffle_buffer // 4))
+    parse = _video_parser(self.meta, self.length, self.words)
 
     def epoch(e):
-      # Shard order and a bounded buffer are shuffled per epoch, both seeded by (seed, e): a
-      # full-split buffer of serialized examples would not fit in memory for ActivityNet.
+      # Shard order and bounded buffers are shuffled per epoch, all seeded by (seed, e): a
+      # full-split buffer would not fit in memory for ActivityNet.
       epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + e
       order = tf.data.Dataset.from_tensor_slices(files).shuffle(
           len(files), seed=epoch_seed, reshuffle_each_iteration=False)
       # Sequential interleave (no num_parallel_calls): deterministic by construction.
       ds = order.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
                             block_length=1)
-      return ds.shuffle(buffer, seed=epoch_seed + 1, reshuffle_each_iteration=False)
+      ds = ds.shuffle(video_buffer, seed=epoch_seed + 1, reshuffle_each_iteration=False)
+      ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      return ds.flat_map(_pairs).shuffle(pair_buffer, seed=epoch_seed + 2,
+                                         reshuffle_each_iteration=False)
 
     ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch).skip(offset)
     if process_count > 1:
       ds = ds.shard(process_count, process_index)
-    parse = _parser(self.meta, self.length, self.words)
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for batch in ds:
       yield _to_numpy(batch)
@@ -150,9 +182,9 @@ class Records:
   def eval_batches(self, split: str, batch_size: int):
     """Every example once, in record order; the last batch is padded with valid = 0 rows."""
     files = split_files(self.records_dir, self.meta, split)
-    parse = _parser(self.meta, self.length, self.words)
+    parse = _video_parser(self.meta, self.length, self.words)
     ds = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                                             deterministic=True)
+                                             deterministic=True).flat_map(_pairs)
     for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
       batch = _to_numpy(batch)
       short = batch_size - len(batch["valid"])

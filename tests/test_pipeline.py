@@ -43,19 +43,49 @@ def test_meta_counts_and_files(built):
   assert meta["word_vectors"]["malformed"] == 1  # the "at home" line of the synthetic GloVe
 
 
-def test_examples_round_trip_the_sources(built):
-  root, config, _, _ = built
+def test_one_record_per_video_with_all_its_queries(built):
+  root, _, meta, counts = built
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  lines = (root / "charades_sta_test.txt").read_text().splitlines()
+  videos = {line.split()[0] for line in lines if line.strip()}
+  files = [str(root / "records" / name) for name in meta["splits"]["test"]["shards"]]
+  assert sum(1 for _ in tf.data.TFRecordDataset(files)) == len(videos) < counts["test"]
+  assert meta["splits"]["test"]["videos_written"] == len(videos)
+
+
+def test_pairs_round_trip_the_sources(built):
+  # Every pair read back carries its own query and its own video's features: the expansion of a
+  # video record into pairs must not mix them up.
+  root, config, meta, _ = built
   records = Records(str(root / "records"), config.data)
-  batch = next(records.eval_batches("test", 64))
-  i = 0
-  vid = batch["video_id"][i]
-  v_len = int(batch["video_mask"][i].sum())
-  source = reduce_snippets(np.load(root / "features" / f"{vid}.npy"), 128)
-  np.testing.assert_array_equal(batch["video"][i, :v_len], source)
-  assert np.all(batch["video"][i, v_len:] == 0)
-  line = (root / "charades_sta_test.txt").read_text().splitlines()[int(batch["pair_index"][i])]
-  assert line.startswith(vid) and line.endswith(batch["query"][i])
-  assert 0 <= batch["start_label"][i] <= batch["end_label"][i] < v_len
+  lines = (root / "charades_sta_test.txt").read_text().splitlines()
+  checked = 0
+  for batch in records.eval_batches("test", 16):
+    for i in np.nonzero(batch["valid"])[0]:
+      vid = batch["video_id"][i]
+      v_len = int(batch["video_mask"][i].sum())
+      source = reduce_snippets(np.load(root / "features" / f"{vid}.npy"), 128)
+      np.testing.assert_array_equal(batch["video"][i, :v_len], source)
+      assert np.all(batch["video"][i, v_len:] == 0)
+      line = lines[int(batch["pair_index"][i])]
+      assert line.startswith(vid) and line.endswith(batch["query"][i])
+      n_words = int(batch["query_mask"][i].sum())
+      ids = batch["word_ids"][i]
+      assert np.all(ids[:n_words] > 0) and np.all(ids[n_words:] == 0)
+      assert 0 <= batch["start_label"][i] <= batch["end_label"][i] < v_len
+      checked += 1
+  assert checked == meta["splits"]["test"]["pairs"]
+
+
+def test_records_of_another_format_are_refused(built, tmp_path):
+  root, config, _, _ = built
+  old = tmp_path / "old_records"
+  old.mkdir()
+  meta = json.loads((root / "records" / "meta.json").read_text())
+  del meta["record_format"]
+  (old / "meta.json").write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="rebuild them"):
+    Records(str(old), config.data)
 
 
 def test_eval_batches_cover_every_example_once_in_order(built):
