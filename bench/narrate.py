@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data_prep import narrate, random_mllm  # noqa: E402
+from data_prep import random_mllm  # noqa: E402
 from data_prep.narrators import LlavaNarrator  # noqa: E402
 
 
@@ -79,6 +79,9 @@ def main():
     end_to_end(narrator, args)
 
 
+# PyAV (av) is imported only by the end-to-end mode: the model-only figures need no video library.
+
+
 def write_video(path: str, seconds: int, rng) -> None:
   """A 640x480, 30 fps H.264 video (MPEG-4 part 2 if this FFmpeg has no libx264) of moving noise."""
   import av  # pylint: disable=import-outside-toplevel
@@ -96,6 +99,7 @@ def write_video(path: str, seconds: int, rng) -> None:
 
 
 def end_to_end(narrator, args) -> None:
+  from data_prep import narrate  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(1)
   with tempfile.TemporaryDirectory() as folder:
     videos = []

@@ -16,9 +16,6 @@ float lists.
 import os
 
 import numpy as np
-import tensorflow_datasets as tfds
-
-F = tfds.features
 
 
 def data_path(data_config, name: str) -> str:
@@ -31,9 +28,12 @@ def data_path(data_config, name: str) -> str:
 RECORD_FORMAT = "video-with-queries/1"
 
 
-def record_features(video_dim: int, narrative_dim: int) -> F.FeaturesDict:
+def record_features(video_dim: int, narrative_dim: int):
   """The schema; `video` and `narrative` have one row per (reduced) snippet, `queries` one entry per
   (video, query) pair of the split (at least one)."""
+  # Imported here: `data_path` must not need tensorflow-datasets (the GPU image has none).
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  F = tfds.features  # pylint: disable=invalid-name
   return F.FeaturesDict({
       # Video id of the benchmark (e.g. "AO8RW", "v_QOlSCBRmfWY").
       "video_id": F.Text(),

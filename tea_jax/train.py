@@ -7,12 +7,15 @@ The same code runs on 1 CPU, N GPUs and several hosts (`config.distributed` call
 recompiles between epochs. Training resumes from the latest checkpoint of the workdir.
 """
 
+from __future__ import annotations
+
 import logging
 import math
 import os
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +27,11 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from tea_jax import checkpointing, files, inference, losses, metrics, optim
-from tea_jax.input_pipeline import Records
 from tea_jax.model import TEA
 from tea_jax.records import data_path
-from tea_jax.writer import MetricWriter
+
+if TYPE_CHECKING:
+  from tea_jax.input_pipeline import Records
 
 log = logging.getLogger("tea_jax")
 
@@ -230,6 +234,10 @@ def _setup(config):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict:
   """Trains (resuming from workdir), keeps the latest and the best checkpoints, evaluates."""
+  # TensorFlow (tf.data, summaries) is imported only where records are read, so that the jitted
+  # step and bench/train_step.py run where it is not installed (the GPU image has no TensorFlow).
+  from tea_jax.input_pipeline import Records  # pylint: disable=import-outside-toplevel
+  from tea_jax.writer import MetricWriter  # pylint: disable=import-outside-toplevel
   _setup(config)
   os.makedirs(workdir, exist_ok=True)
   records = Records(data_path(config.data, "records_dir"), config.data)
@@ -333,6 +341,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None, progress: bool = True) -> dict:
   """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
   Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
+  from tea_jax.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   _setup(config)
   records = Records(data_path(config.data, "records_dir"), config.data)
   saved = checkpointing.read_config(workdir)

@@ -155,3 +155,16 @@ def test_prefetch_to_device_keeps_order_raises_reader_errors_and_stops():
   count = len(pulled)
   time.sleep(0.3)
   assert len(pulled) == count <= 5  # the reader stopped a bounded distance ahead
+
+
+def test_the_step_and_its_benchmarks_import_without_tensorflow_or_pyav():
+  # The GPU image has JAX, flax, optax, orbax, torch and transformers but no TensorFlow,
+  # tensorflow-datasets or PyAV: the jitted step and the GPU benchmarks must not need them.
+  code = ("import sys; import tea_jax.train, tea_jax.inference, bench.train_step, "
+          "bench.model_step, bench.narrate; "
+          "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'av', 'nltk') "
+          "if m in sys.modules))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        check=False, env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip().splitlines()[-1] == "[]"
