@@ -5,16 +5,20 @@ batch of PIL images with greedy decoding. A newer transformers MLLM is one small
 to build the prompt and which classes load it.
 """
 
+import logging
 import re
 
 import torch
-from transformers import (AutoProcessor, Blip2ForConditionalGeneration,
+from transformers import (AutoProcessor, BatchFeature, Blip2ForConditionalGeneration,
                           LlavaForConditionalGeneration)
 
 # The TEA paper's prompt, verbatim (section 3.2).
 PAPER_PROMPT = ("This is one image frame sampled from a video. Please caption this frame in two or "
                 "three sentences, to describe this frame with some details but without any "
                 "analysis.")
+
+
+log = logging.getLogger("narrate")
 
 
 def normalise_whitespace(text: str) -> str:
@@ -47,6 +51,7 @@ class Narrator:
     processor) already built (benchmarks of randomly initialised architectures)."""
     self.device, self.dtype = resolve_device_dtype(device, dtype)
     self.max_new_tokens = max_new_tokens
+    self.max_batch = None  # set when the device ran out of memory at a larger batch
     self.prompt = prompt
     if components is not None:
       self.model, self.processor = components
@@ -76,9 +81,35 @@ class Narrator:
       kwargs.update(text=[text] * len(images), padding=True)
     return self.processor(**kwargs)
 
-  @torch.inference_mode()
   def generate(self, inputs) -> list[str]:
-    """Device half of `caption`: greedy decoding, the prompt sliced off, whitespace normalised."""
+    """Device half of `caption`: greedy decoding, the prompt sliced off, whitespace normalised.
+
+    When the device runs out of memory, the batch is halved (down to one frame) and the smaller size
+    is kept for the rest of the run, with a warning: a too-large --batch-size slows a run down
+    instead of ending it.
+    """
+    n = len(next(iter(inputs.values())))
+    size = min(n, self.max_batch or n)
+    texts: list[str] = []
+    while len(texts) < n:
+      start = len(texts)
+      part = inputs if size == n else BatchFeature(
+          {k: v[start:start + size] for k, v in inputs.items()})
+      try:
+        texts += self._generate(part)
+      except torch.OutOfMemoryError:
+        if size == 1:
+          raise
+        size //= 2
+        self.max_batch = size
+        log.warning("%s ran out of device memory; continuing with batches of %d frames",
+                    self.name, size)
+        if self.device.type == "cuda":
+          torch.cuda.empty_cache()
+    return texts
+
+  @torch.inference_mode()
+  def _generate(self, inputs) -> list[str]:
     inputs = inputs.to(self.device)
     if "pixel_values" in inputs:
       inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)

@@ -4,6 +4,7 @@ through the real from_pretrained path, generated videos of known length, crashes
 import json
 
 import pytest
+import torch
 
 from data_prep import narrate, random_mllm
 from data_prep.frames import UnreadableVideo, find_videos, sample_frames, write_test_video
@@ -57,6 +58,35 @@ def test_batched_captions_equal_one_at_a_time(narrator, videos):
   single = [narrator.caption([image])[0] for image in images]
   assert batched == single
   assert all(text == " ".join(text.split()) and "ASSISTANT" not in text for text in batched)
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_smaller_size(narrator, videos, monkeypatch,
+                                                                   caplog):
+  images = [image for _, image in sample_frames(str(videos / "v1.mp4"))]
+  expected = [narrator.caption([image])[0] for image in images]
+  real, sizes = narrator._generate, []
+
+  def small_device(inputs):  # a device that holds at most 2 frames
+    sizes.append(len(inputs["pixel_values"]))
+    if sizes[-1] > 2:
+      raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+    return real(inputs)
+
+  monkeypatch.setattr(narrator, "_generate", small_device)
+  monkeypatch.setattr(narrator, "max_batch", None)
+  assert narrator.caption(images) == expected
+  assert sizes == [5, 2, 2, 1] and narrator.max_batch == 2
+  assert "continuing with batches of 2 frames" in caplog.text
+  sizes.clear()
+  assert narrator.caption(images[:4]) == expected[:4]
+  assert sizes == [2, 2]  # the smaller size is kept: no second failure
+
+  def no_device(inputs):
+    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+  monkeypatch.setattr(narrator, "_generate", no_device)
+  with pytest.raises(torch.OutOfMemoryError):
+    narrator.caption(images[:1])
 
 
 def test_narrate_writes_lines_reports_failures_and_resumes(narrator, videos, tmp_path):
