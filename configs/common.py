@@ -81,6 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = 0
   # Call jax.distributed.initialize() first (multi-host runs); devices form one `data` mesh axis.
   c.distributed = False
+  # Multi-host settings passed to jax.distributed.initialize when set; left empty, JAX detects them
+  # (Slurm, Open MPI, Kubernetes, Cloud TPU, or the JAX_COORDINATOR_ADDRESS variable).
+  c.coordinator_address = ""  # "host:port" of process 0
+  c.num_processes = 0  # 0: detected
+  c.process_id = -1  # -1: detected
   return c
 
 

@@ -7,6 +7,9 @@ Layout of a workdir:
                          and (training) `train_state` = {optimizer state, step}
   best/<step>/           the best checkpoint by the configured metric (same items)
   best.json              which step is best, by which metric and split, and its value
+
+Checkpoints restore onto the devices of the restoring run, replicated, whatever topology saved
+them: a checkpoint written by two hosts evaluates on one CPU, and the other way round.
 """
 
 import json
@@ -16,6 +19,8 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -38,7 +43,10 @@ def manager(workdir: str, *, subdir: str = CHECKPOINT_DIR, max_to_keep: int | No
   directory = os.path.join(os.path.abspath(workdir), subdir)
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
                                          read_only=read_only, enable_async_checkpointing=False)
-  return ocp.CheckpointManager(directory, options=options, item_names=(VARIABLES, TRAIN_STATE))
+  # Explicit handlers let item_metadata() describe a checkpoint before anything is restored.
+  handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
+              TRAIN_STATE: ocp.StandardCheckpointHandler()}
+  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def save(workdir: str, step: int, variables: Any, train_state: Any = None, *,
@@ -65,18 +73,31 @@ def steps(workdir: str, subdir: str = CHECKPOINT_DIR) -> list[int]:
     return sorted(mngr.all_steps())
 
 
-def _abstract(tree):
-  return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+def _replicated() -> NamedSharding:
+  """Every device of this run (all processes), one copy each: the sharding of all tea_jax state."""
+  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  return NamedSharding(mesh, P())
+
+
+def _targets(tree):
+  """Restore targets: the shapes and dtypes of `tree` (arrays or Orbax array metadata), replicated
+  over the devices of this run rather than those of the run that saved."""
+  sharding = _replicated()
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree,
+                      is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
 def restore(workdir: str, step: int, *, subdir: str = CHECKPOINT_DIR, variables_like=None,
             train_state_like=None) -> dict[str, Any]:
-  """Restores the items of checkpoint `step`; `*_like` give target structures (e.g. optax states)."""
-  items = {VARIABLES: ocp.args.StandardRestore(
-      _abstract(variables_like) if variables_like is not None else None)}
-  if train_state_like is not None:
-    items[TRAIN_STATE] = ocp.args.StandardRestore(_abstract(train_state_like))
+  """Restores the items of checkpoint `step`; `*_like` give target structures (e.g. optax states);
+  without `variables_like`, the variables' structure is read from the checkpoint."""
   with manager(workdir, subdir=subdir, read_only=True) as mngr:
+    if variables_like is None:
+      metadata = mngr.item_metadata(step)[VARIABLES]
+      variables_like = getattr(metadata, "tree", metadata)
+    items = {VARIABLES: ocp.args.StandardRestore(_targets(variables_like))}
+    if train_state_like is not None:
+      items[TRAIN_STATE] = ocp.args.StandardRestore(_targets(train_state_like))
     return dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
 
 

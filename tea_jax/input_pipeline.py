@@ -140,8 +140,8 @@ class Records:
     order, a seeded buffer of data.shuffle_buffer / 4 video records, their pairs, then a seeded
     buffer of data.shuffle_buffer pairs (pairs share their video's decoded features, so the pair
     buffer holds at most that many videos' features); batches run across epoch
-    boundaries, so steps = ceil(epochs * n / batch). Multi-host: each process reads every
-    process_count-th example of the global order (its share of the global batch).
+    boundaries, so steps = ceil(epochs * n / batch). Multi-host: each process reads its
+    consecutive share of every global batch (rows process_index * batch / process_count on).
     """
     files = split_files(self.records_dir, self.meta, split)
     n = self.size(split)
@@ -174,7 +174,11 @@ class Records:
 
     ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch).skip(offset)
     if process_count > 1:
-      ds = ds.shard(process_count, process_index)
+      # Process i keeps every process_count-th block of local_batch consecutive pairs: the global
+      # batch (process 0's rows, then process 1's, ...) is exactly the one-process batch, so a run
+      # does not depend on how many hosts it is spread over.
+      ds = ds.enumerate().filter(
+          lambda j, _: (j // local_batch) % process_count == process_index).map(lambda _, x: x)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for batch in ds:
       yield _to_numpy(batch)

@@ -217,17 +217,29 @@ def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: 
     summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
                                     mesh, progress)
     results[split] = summary
-    files.write_lines(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
+    if is_primary():
+      files.write_lines(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
   selection = config.data.selection_split
-  files.write_json(os.path.join(out_dir, "metrics.json"), {
-      "step": int(step), "splits": results,
-      "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
+  if is_primary():
+    files.write_json(os.path.join(out_dir, "metrics.json"), {
+        "step": int(step), "splits": results,
+        "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
   return results
 
 
+def is_primary() -> bool:
+  """The files beside the checkpoints are written by process 0 only (Orbax coordinates its own)."""
+  return jax.process_index() == 0
+
+
 def _setup(config):
-  if config.get("distributed", False):
-    jax.distributed.initialize()
+  if config.get("distributed", False) and not jax.distributed.is_initialized():
+    # Processes on CPUs exchange gradients over Gloo (GPUs use NCCL whatever this says).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    explicit = {"coordinator_address": config.get("coordinator_address") or None,
+                "num_processes": config.get("num_processes") or None,
+                "process_id": None if config.get("process_id", -1) < 0 else config.process_id}
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
   check_batch_size(config.batch_size)
 
 
@@ -242,10 +254,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   records = Records(data_path(config.data, "records_dir"), config.data)
   config = with_data_sizes(config, records)
-  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-  files.write_json(os.path.join(workdir, "vocab.json"),
-                           {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1,
-                            "words": records.vocabulary(), "source": records.records_dir})
+  if is_primary():
+    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    files.write_json(os.path.join(workdir, "vocab.json"),
+                     {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1,
+                      "words": records.vocabulary(), "source": records.records_dir})
   mesh = make_mesh()
   n_train = records.size(config.data.train_split)
   steps_per_epoch = math.ceil(n_train / config.batch_size)
@@ -322,7 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     "metric": config.selection_metric, "metrics": summary}
             checkpointing.save(workdir, step, variables, subdir=checkpointing.BEST_DIR,
                                max_to_keep=1)
-            files.write_json(os.path.join(workdir, "best.json"), best)
+            if is_primary():
+              files.write_json(os.path.join(workdir, "best.json"), best)
   finally:
     batches.close()  # stops the prefetching thread, also on an error
   bar.close()
