@@ -8,7 +8,8 @@ PY=${PY:-.venv/bin/python}
 "$PY" bench/train_step.py
 # The fastest EMB step (scan or, on a GPU, cuDNN LSTM) sets the pace the reader must keep up with.
 step_ms=$("$PY" bench/train_step.py --variants emb --repeats 5 \
-  | awk -F'|' '/^\| emb/ {gsub(/ /, "", $3); if (min == "" || $3 + 0 < min + 0) min = $3} END {print min}')
+  | awk -F'|' '/^\| emb/ {gsub(/ /, "", $3); if ($3 ~ /^[0-9.]+$/ && (min == "" || $3 + 0 < min + 0)) min = $3}
+               END {print min}')
 # The reader needs TensorFlow, the end-to-end narration PyAV: skipped (and said so) without them,
 # as on a GPU image that has JAX and torch but neither (ml-collections is the only package the
 # step benchmarks need beyond JAX, flax, optax, orbax, torch and transformers).
