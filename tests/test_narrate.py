@@ -163,3 +163,28 @@ def test_cli_errors_are_clear(tmp_path, videos, capsys):
   code = narrate.main(["--videos", str(videos), "--model", "x", "--out", "o",
                        "--decode-workers", "0"])
   assert code == 2 and "--decode-workers must be at least 1" in capsys.readouterr().err
+
+
+def llava_parameters(text, vision, vocab):
+  """LLaVA-1.5 = Llama (untied head) + CLIP ViT tower + 2-layer MLP projector, counted by hand."""
+  h, inter, layers = text["hidden_size"], text["intermediate_size"], text["num_hidden_layers"]
+  llama = 2 * vocab * h + layers * (4 * h * h + 3 * h * inter + 2 * h) + h
+  v, vi, vl = vision["hidden_size"], vision["intermediate_size"], vision["num_hidden_layers"]
+  patches = (vision["image_size"] // vision["patch_size"]) ** 2
+  clip = (3 * vision["patch_size"] ** 2 * v + v + (patches + 1) * v + 2 * v  # embeddings, pre-LN
+          + vl * (4 * (v * v + v) + 2 * v * vi + vi + v + 4 * v) + 2 * v)  # layers, post-LN
+  projector = v * h + h + h * h + h
+  return llama + clip + projector
+
+
+@pytest.mark.parametrize("architecture", ["llava-1.5-7b", "llava-1.5-13b"])
+def test_benchmark_architectures_have_the_released_sizes(architecture):
+  # Built on the meta device: shapes only, no memory. The benchmark's frames/s are those of the
+  # real model only if every matrix has the released model's size.
+  with torch.device("meta"):
+    model, _ = random_mllm.build_llava(architecture, vocab_size=32064)
+  sizes = random_mllm.ARCHITECTURES[architecture]
+  count = sum(p.numel() for p in model.parameters())
+  assert count == llava_parameters(sizes["text"], sizes["vision"], 32064)
+  # 7.06B and 13.35B: the sizes the llava-hf releases of LLaVA-1.5 report.
+  assert count == {"llava-1.5-7b": 7_063_427_072, "llava-1.5-13b": 13_351_494_656}[architecture]
