@@ -86,7 +86,7 @@ class BiLSTM(nn.Module):
 
 
 def _cell(gates_in, valid, hid, mem, w_hh):
-  """One masked LSTM step: h, c, and (h_prev, c_prev, gate activations, tanh(c)) for the backward."""
+  """One masked LSTM step: h, c, and (h_prev, c_prev, gate activations, tanh c) for backward."""
   h = hid.shape[-1]
   z = gates_in + hid @ w_hh
   i = jax.nn.sigmoid(z[..., :h])

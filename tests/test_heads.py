@@ -117,7 +117,7 @@ def test_lstm_pair_backward_equals_autodiff_of_its_forward(rng):
 
 
 def lstm_ref_bilstm(x, lengths, flat_weights, hidden):
-  """JAX's own reference of the cuDNN kernel, fed through JAX's own unpacking of the cuDNN layout."""
+  """JAX's reference of the cuDNN kernel, fed through JAX's unpacking of the cuDNN layout."""
   w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(flat_weights, x.shape[-1], hidden, 1, True)
   zeros = jnp.zeros((2, x.shape[0], hidden), x.dtype)
   out, _, _ = rnn.lstm_ref(x, zeros, zeros, w_ih, w_hh, b_ih, b_hh, lengths, x.shape[-1], hidden,
