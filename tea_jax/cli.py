@@ -6,8 +6,8 @@ import sys
 from absl import flags
 from absl import logging as absl_logging
 
-_NOISE = ("FeatureConnector.dtype", "Unable to initialize backend", "read_only=True",
-          "Given directory is read only")
+_NOISE = ("FeatureConnector.dtype", "TensorInfo.dtype", "Unable to initialize backend",
+          "read_only=True", "Given directory is read only")
 
 
 class _DropNoise(logging.Filter):
