@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -151,10 +152,15 @@ def test_prefetch_to_device_keeps_order_raises_reader_errors_and_stops():
   prefetched = train.prefetch_to_device(endless(), mesh, size=2)
   next(prefetched)
   prefetched.close()
-  time.sleep(0.5)
-  count = len(pulled)
-  time.sleep(0.3)
+  count = -1
+  for _ in range(20):  # until the reader has stopped (it polls every 0.1 s); generous under load
+    time.sleep(0.3)
+    if len(pulled) == count:
+      break
+    count = len(pulled)
   assert len(pulled) == count <= 5  # the reader stopped a bounded distance ahead
+  alive = [t for t in threading.enumerate() if t.name == "prefetch-to-device" and t.is_alive()]
+  assert not alive  # and its thread ended
 
 
 def test_the_step_and_its_benchmarks_import_without_tensorflow_or_pyav():
