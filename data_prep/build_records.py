@@ -32,7 +32,7 @@ from data_prep import glove
 from data_prep.annotations import BadAnnotation, read_annotations, read_durations
 from data_prep.features import FeatureSource, MissingFeatures, reduce_snippets
 from data_prep.labels import moment_labels
-from data_prep.narratives import MeanWordVectorEncoder, align_to_snippets, read_narratives
+from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
 from data_prep.text import build_vocabulary, tokenize, word_ids
 from tea_jax import cli, files
 from tea_jax.records import RECORD_FORMAT, data_path, record_features
@@ -130,9 +130,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
               raise BuildError(f"{split}: no narratives for video {vid!r}")
             skipped += len(indices)
             continue
-          times = np.array([t for t, _ in narratives[vid]])
-          sentence_feats = encoder.encode([text for _, text in narratives[vid]])
-          narrative = align_to_snippets(times, sentence_feats, duration, v_len)
+          narrative = video_narrative(narratives[vid], encoder, duration, v_len)
         else:
           narrative = np.zeros((v_len, narrative_dim), np.float32)
         queries = []

@@ -91,3 +91,10 @@ def align_to_snippets(times: np.ndarray, features: np.ndarray, duration: float,
       centre = (k + 0.5) * width
       out[k] = features[int(np.argmin(np.abs(times - centre)))]
   return out
+
+
+def video_narrative(items: list[tuple[float, str]], encoder: TextEncoder, duration: float,
+                    v_len: int) -> np.ndarray:
+  """(v_len, dim) narrative features of one video: its (t, text) captions encoded, then aligned."""
+  times = np.array([t for t, _ in items])
+  return align_to_snippets(times, encoder.encode([text for _, text in items]), duration, v_len)

@@ -60,12 +60,12 @@ def load_features(path: str, video_id: str | None) -> np.ndarray:
   return feats
 
 
-def video_narrative(config, narratives_path: str, video_id: str, vectors_path: str,
-                    duration: float, v_len: int, cache_dir: str | None) -> np.ndarray:
+def narrative_of(config, narratives_path: str, video_id: str, vectors_path: str, duration: float,
+                 v_len: int, cache_dir: str | None) -> np.ndarray:
   """(v_len, narrative_dim) narrative features of one video, as build_records computes them."""
   # pylint: disable=import-outside-toplevel
   from data_prep import glove
-  from data_prep.narratives import MeanWordVectorEncoder, align_to_snippets, read_narratives
+  from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
   from data_prep.text import tokenize
   narratives, _ = read_narratives(narratives_path)
   if video_id not in narratives:
@@ -76,9 +76,7 @@ def video_narrative(config, narratives_path: str, video_id: str, vectors_path: s
                                          cache_dir=cache_dir, progress=False)
   if not len(vectors):
     vectors = np.zeros((0, config.model.word_dim), np.float32)
-  encoder = MeanWordVectorEncoder(index, vectors)
-  feats = encoder.encode([text for _, text in items])
-  return align_to_snippets(np.array([t for t, _ in items]), feats, duration, v_len)
+  return video_narrative(items, MeanWordVectorEncoder(index, vectors), duration, v_len)
 
 
 def top_moments(start_prob: np.ndarray, end_prob: np.ndarray,
@@ -89,35 +87,36 @@ def top_moments(start_prob: np.ndarray, end_prob: np.ndarray,
   return [(int(f // outer.shape[1]), int(f % outer.shape[1]), float(outer.flat[f])) for f in flat]
 
 
-def predict(workdir: str, features: np.ndarray, duration: float, queries: list[str],
-            narrative: np.ndarray | None = None, step: int | None = None,
+def uses_narratives(config) -> bool:
+  return config.model.merge != "none" or config.model.paragraph_branch
+
+
+def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, duration: float,
+            queries: list[str], narrative: np.ndarray | None = None,
             top_k: int = 1) -> list[dict]:
-  """The best `top_k` moments of each query in a video of `duration` seconds with raw `features`
-  (reduced to the config's snippets here) and, for TEA models, its aligned `narrative`."""
+  """The best `top_k` moments of each query in a video of `duration` seconds, given its snippet
+  features `video` (v_len, video_dim), already reduced as the records are, and, for TEA models,
+  its aligned `narrative` (v_len, narrative_dim). `variables` as checkpointing.restore_variables
+  returns them, `vocabulary` as read_vocabulary does."""
   # pylint: disable=import-outside-toplevel
-  from data_prep.features import reduce_snippets
   from data_prep.text import tokenize, word_ids
   from tea_jax import inference, metrics
   if duration <= 0:
     raise ValueError(f"duration must be positive, got {duration}")
   if not queries:
     raise ValueError("no query given")
-  config = checkpointing.read_config(workdir)
-  index = read_vocabulary(workdir)
-  video = reduce_snippets(features, config.data.max_snippets, config.data.get("pooling", "mean"))
   if video.shape[1] != config.model.video_dim:
-    raise ValueError(f"features have {video.shape[1]} channels; the model in {workdir} expects "
+    raise ValueError(f"features have {video.shape[1]} channels; the model expects "
                      f"{config.model.video_dim}")
   v_len = video.shape[0]
-  uses_narratives = config.model.merge != "none" or config.model.paragraph_branch
-  if uses_narratives and narrative is None:
-    raise ValueError(f"the model in {workdir} reads narratives (merge={config.model.merge!r}, "
-                     f"paragraph_branch={config.model.paragraph_branch}): pass them")
   if narrative is None:
+    if uses_narratives(config):
+      raise ValueError(f"the model reads narratives (merge={config.model.merge!r}, "
+                       f"paragraph_branch={config.model.paragraph_branch}): pass them")
     narrative = np.zeros((v_len, config.model.narrative_dim), np.float32)
   ids = []
   for query in queries:
-    tokens = word_ids(tokenize(query), index, config.data.max_words)
+    tokens = word_ids(tokenize(query), vocabulary, config.data.max_words)
     if not tokens:
       raise ValueError(f"the query {query!r} has no tokens")
     ids.append(tokens)
@@ -130,7 +129,6 @@ def predict(workdir: str, features: np.ndarray, duration: float, queries: list[s
       "word_ids": np.array([t + [0] * (words - len(t)) for t in ids], np.int32),
       "query_mask": np.array([[1.0] * len(t) + [0.0] * (words - len(t)) for t in ids], np.float32),
   }
-  _, variables = inference.load_params(workdir, step)
   out = inference.forward(config, variables, batch)
   start_prob, end_prob = np.asarray(out["start_prob"]), np.asarray(out["end_prob"])
   results = []
@@ -165,17 +163,21 @@ def main(argv=None) -> int:
     if args.top_k < 1:
       raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     config = checkpointing.read_config(args.workdir)
-    features = load_features(args.features, video_id)
+    vocabulary = read_vocabulary(args.workdir)
+    from data_prep.features import reduce_snippets  # pylint: disable=import-outside-toplevel
+    video = reduce_snippets(load_features(args.features, video_id), config.data.max_snippets,
+                            config.data.get("pooling", "mean"))
     narrative = None
+    if uses_narratives(config) and not args.narratives:
+      raise ValueError(f"the model in {args.workdir} reads narratives: pass --narratives and "
+                       f"--word-vectors")
     if args.narratives:
       if not args.word_vectors:
         raise ValueError("--narratives needs --word-vectors (the GloVe file of the records)")
-      from data_prep.features import reduce_snippets  # pylint: disable=import-outside-toplevel
-      v_len = reduce_snippets(features, config.data.max_snippets,
-                              config.data.get("pooling", "mean")).shape[0]
-      narrative = video_narrative(config, args.narratives, video_id, args.word_vectors,
-                                  args.duration, v_len, args.cache_dir)
-    results = predict(args.workdir, features, args.duration, args.query, narrative, args.step,
+      narrative = narrative_of(config, args.narratives, video_id, args.word_vectors,
+                               args.duration, video.shape[0], args.cache_dir)
+    variables, _ = checkpointing.restore_variables(args.workdir, args.step)
+    results = predict(config, variables, vocabulary, video, args.duration, args.query, narrative,
                       args.top_k)
   except (FileNotFoundError, KeyError, ValueError) as e:
     # KeyError: data_prep.features.MissingFeatures (a video not in the features).
