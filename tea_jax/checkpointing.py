@@ -22,6 +22,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tea_jax.mesh import make_mesh
+
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"
 VARIABLES = "variables"
@@ -73,16 +75,10 @@ def steps(workdir: str, subdir: str = CHECKPOINT_DIR) -> list[int]:
     return sorted(mngr.all_steps())
 
 
-def _replicated() -> NamedSharding:
-  """Every device of this run (all processes), one copy each: the sharding of all tea_jax state."""
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  return NamedSharding(mesh, P())
-
-
 def _targets(tree):
   """Restore targets: the shapes and dtypes of `tree` (arrays or Orbax array metadata), replicated
   over the devices of this run rather than those of the run that saved."""
-  sharding = _replicated()
+  sharding = NamedSharding(make_mesh(), P())  # one copy on every device: all tea_jax state
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree,
                       is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
 

@@ -16,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from tea_jax import cli
-from tea_jax.records import RECORD_FORMAT, data_path
+from tea_jax.records import data_path
 
 log = logging.getLogger("tea_jax")
 
@@ -28,18 +28,16 @@ def prepare_data_if_synthetic(config: ml_collections.ConfigDict) -> None:
   if not videos:
     return
   from data_prep import build_records, synthetic  # pylint: disable=import-outside-toplevel
+  from tea_jax.input_pipeline import load_meta  # pylint: disable=import-outside-toplevel
   data = config.data
   first_split = os.path.join(data.root, next(iter(data.splits.values())))
   if not os.path.isfile(first_split):
     log.info("writing the synthetic benchmark to %s", data.root)
     synthetic.generate(data.root, videos=videos, seed=config.seed,
                        video_dim=config.model.video_dim, word_dim=config.model.word_dim)
-  meta = os.path.join(data_path(data, "records_dir"), "meta.json")
-  current = False
-  if os.path.isfile(meta):
-    with open(meta, encoding="utf-8") as f:
-      current = json.load(f).get("record_format") == RECORD_FORMAT
-  if not current:  # missing, or written by an older tea_jax in another format
+  try:
+    load_meta(data_path(data, "records_dir"))
+  except (FileNotFoundError, ValueError):  # missing, or written by an older tea_jax's format
     log.info("building records in %s", data_path(data, "records_dir"))
     build_records.build_records(config, progress=False)
 

@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from tea_jax import checkpointing, files, inference, losses, metrics, optim
+from tea_jax.mesh import make_mesh
 from tea_jax.model import TEA
 from tea_jax.records import data_path
 
@@ -42,16 +43,6 @@ DEVICE_KEYS = ("video", "narrative", "video_mask", "word_ids", "query_mask", "st
 
 class TrainingDiverged(FloatingPointError):
   """The loss became NaN or inf."""
-
-
-def make_mesh() -> jax.sharding.Mesh:
-  """A 1-D mesh over every device of every process, axis `data`.
-
-  Auto axis type: the jit shardings below place parameters and batches, and XLA propagates the
-  rest (JAX's default Explicit mode would ask every gather in the model for an output sharding).
-  """
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
@@ -236,10 +227,11 @@ def _setup(config):
   if config.get("distributed", False) and not jax.distributed.is_initialized():
     # Processes on CPUs exchange gradients over Gloo (GPUs use NCCL whatever this says).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    explicit = {"coordinator_address": config.get("coordinator_address") or None,
-                "num_processes": config.get("num_processes") or None,
-                "process_id": None if config.get("process_id", -1) < 0 else config.process_id}
-    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
+    # Unset values (None) are left to JAX's cluster detection.
+    jax.distributed.initialize(
+        coordinator_address=config.get("coordinator_address") or None,
+        num_processes=config.get("num_processes") or None,
+        process_id=None if config.get("process_id", -1) < 0 else config.process_id)
   check_batch_size(config.batch_size)
 
 
