@@ -86,7 +86,7 @@ class BiLSTM(nn.Module):
 
 
 def _cell(gates_in, valid, hid, mem, w_hh):
-  """One masked LSTM step: h, c, and (h_prev, c_prev, gate activations, tanh c) for backward."""
+  """One masked LSTM step: h, c, and (c_prev, gate activations, tanh c) for the backward pass."""
   h = hid.shape[-1]
   z = gates_in + hid @ w_hh
   i = jax.nn.sigmoid(z[..., :h])
@@ -96,7 +96,7 @@ def _cell(gates_in, valid, hid, mem, w_hh):
   # Padded steps keep a zero state, so the backward direction starts fresh at v_len - 1.
   new_mem = (f * mem + i * g) * valid
   tanh_mem = jnp.tanh(new_mem)
-  saved = (hid, mem, jnp.concatenate([i, f, g, o], axis=-1), tanh_mem)
+  saved = (mem, jnp.concatenate([i, f, g, o], axis=-1), tanh_mem)
   return o * tanh_mem * valid, new_mem, saved
 
 
@@ -126,12 +126,12 @@ def lstm_pair(gin_f, m_f, gin_b, m_b, w_f, w_b):
 
 def _lstm_pair_fwd(gin_f, m_f, gin_b, m_b, w_f, w_b):
   outs, saved = _pair_forward(gin_f, m_f, gin_b, m_b, w_f, w_b)
-  return outs, (saved, m_f, m_b, w_f, w_b)
+  return outs, (outs, saved, m_f, m_b, w_f, w_b)
 
 
 def _cell_backward(d_out, valid, d_hid, d_mem, saved, w_hh_t):
   """Gradients of one _cell step: (d h_prev, d c_prev, d pre-activation gates)."""
-  _, c_prev, acts, tanh_mem = saved
+  c_prev, acts, tanh_mem = saved
   h = c_prev.shape[-1]
   i, f, g, o = acts[..., :h], acts[..., h:2 * h], acts[..., 2 * h:3 * h], acts[..., 3 * h:]
   dh = (d_hid + d_out) * valid
@@ -143,7 +143,7 @@ def _cell_backward(d_out, valid, d_hid, d_mem, saved, w_hh_t):
 
 
 def _lstm_pair_bwd(residuals, cotangents):
-  saved, m_f, m_b, w_f, w_b = residuals
+  (out_f, out_b), saved, m_f, m_b, w_f, w_b = residuals
   d_out_f, d_out_b = cotangents
   zeros = jnp.zeros(d_out_f.shape[1:], d_out_f.dtype)
   w_f_t, w_b_t = w_f.T, w_b.T  # transposed once, not at every step
@@ -158,9 +158,11 @@ def _lstm_pair_bwd(residuals, cotangents):
   _, (dz_f, dz_b) = jax.lax.scan(step, ((zeros, zeros), (zeros, zeros)),
                                  (d_out_f, m_f, saved[0], d_out_b, m_b, saved[1]),
                                  reverse=True, unroll=1)
-  # dW_hh = sum over steps and samples of h_prev^T dz: one matmul per direction.
-  dw_f = jnp.einsum("lbh,lbg->hg", saved[0][0], dz_f)
-  dw_b = jnp.einsum("lbh,lbg->hg", saved[1][0], dz_b)
+  # dW_hh = sum over steps and samples of h_prev^T dz: one matmul per direction. h_prev is the
+  # output one step earlier (zero before the first step).
+  h_prev = lambda out: jnp.concatenate([jnp.zeros_like(out[:1]), out[:-1]])
+  dw_f = jnp.einsum("lbh,lbg->hg", h_prev(out_f), dz_f)
+  dw_b = jnp.einsum("lbh,lbg->hg", h_prev(out_b), dz_b)
   return dz_f, jnp.zeros_like(m_f), dz_b, jnp.zeros_like(m_b), dw_f, dw_b
 
 
