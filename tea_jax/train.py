@@ -137,7 +137,7 @@ def prefetch_to_device(batches, mesh, size: int = 2):
   A background thread pulls the next batches (tf.data, numpy conversion) and starts their
   host-to-device copies while the device runs the current step, so on a fast accelerator the
   step does not wait for the host. Order is kept; an error of the reader is raised here; closing
-  this generator stops the thread.
+  this generator stops the thread and waits for it to end (the batch it is reading at most).
   """
   slots: queue.Queue = queue.Queue(maxsize=size)
   stop = threading.Event()
@@ -173,6 +173,10 @@ def prefetch_to_device(batches, mesh, size: int = 2):
       yield item
   finally:
     stop.set()
+    thread.join(timeout=60.0)
+    if thread.is_alive():
+      log.warning("the prefetching thread is still reading a batch 60 s after it was told to stop; "
+                  "leaving it (daemon) behind")
 
 
 def evaluate_split(eval_step, variables, records: Records, split: str, batch_size: int, mesh,

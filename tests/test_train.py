@@ -151,15 +151,12 @@ def test_prefetch_to_device_keeps_order_raises_reader_errors_and_stops():
 
   prefetched = train.prefetch_to_device(endless(), mesh, size=2)
   next(prefetched)
-  prefetched.close()
-  count = -1
-  for _ in range(20):  # until the reader has stopped (it polls every 0.1 s); generous under load
-    time.sleep(0.3)
-    if len(pulled) == count:
-      break
-    count = len(pulled)
-  assert len(pulled) == count <= 5  # the reader stopped a bounded distance ahead
+  prefetched.close()  # returns once the reader thread has ended
   alive = [t for t in threading.enumerate() if t.name == "prefetch-to-device" and t.is_alive()]
+  count = len(pulled)
+  assert count <= 5  # the reader stopped a bounded distance ahead
+  time.sleep(0.3)
+  assert len(pulled) == count
   assert not alive  # and its thread ended
 
 
