@@ -4,8 +4,9 @@
 
 Writes a synthetic benchmark with I3D-sized features (1024-d, videos of 100-200 s reduced to 128
 snippets) and 300-d word vectors, then prints: the build time per 1k pairs, and the batches/s the
-training reader delivers (B = 16, fixed L and W) and the records' size on disk, next to the batches/s a training step consumes
-(pass --step-ms from bench/train_step.py; the target is a reader at least 10x faster).
+training reader delivers (B = 16, fixed L and W) and the records' size on disk, next to the
+batches/s a training step consumes (pass --step-ms from bench/train_step.py; the target is a
+reader at least 10x faster).
 """
 
 import argparse
@@ -47,7 +48,7 @@ def main():
   records_dir = os.path.join(root, "records")
   record_bytes = sum(os.path.getsize(os.path.join(records_dir, name))
                      for name in os.listdir(records_dir) if name.endswith(".tfrecord"))
-  records = Records(os.path.join(root, "records"), config.data)
+  records = Records(records_dir, config.data)
   stream = records.train_batches("train", args.batch, seed=0)
   next(stream)  # start-up
   t0 = time.perf_counter()

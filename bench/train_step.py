@@ -92,5 +92,6 @@ def time_variant(args, mesh, name, lstm, steps_per_epoch):
   seconds, _ = timeit(run, args.repeats)
   return seconds, compile_s, first_loss
 
+
 if __name__ == "__main__":
   main()

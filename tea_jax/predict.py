@@ -74,8 +74,6 @@ def narrative_of(config, narratives_path: str, video_id: str, vectors_path: str,
   words = sorted({t for _, text in items for t in tokenize(text)})
   index, vectors, _ = glove.read_vectors(vectors_path, words, dim=config.model.word_dim,
                                          cache_dir=cache_dir, progress=False)
-  if not len(vectors):
-    vectors = np.zeros((0, config.model.word_dim), np.float32)
   return video_narrative(items, MeanWordVectorEncoder(index, vectors), duration, v_len)
 
 

@@ -177,8 +177,8 @@ class LSTMEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask):
-    rnn = BiLSTM(self.hidden, self.lstm, name="rnn")
-    return Dense(self.hidden, "dense_output")(rnn(x, mask))
+    bilstm = BiLSTM(self.hidden, self.lstm, name="rnn")
+    return Dense(self.hidden, "dense_output")(bilstm(x, mask))
 
 
 class SpanHead(nn.Module):

@@ -275,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   train_step = make_train_step(config, tx, mesh)
   eval_step = make_eval_step(config, mesh)
-  writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=jax.process_index() == 0)
+  writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary())
   best = checkpointing.read_json(os.path.join(workdir, "best.json"), default=None)
   thresholds = losses.numpy_threshold_schedule(config.num_epochs)
   learning_rate = optim.learning_rate_schedule(config, total_steps)
@@ -339,8 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log.info("trained %d steps in %.1fs", step, time.time() - started)
   result = {"step": step, "best": best}
   if step >= total_steps:
+    # Restored replicated over this run's mesh: the eval step's input shardings, no recompile.
     best_vars, best_step = checkpointing.restore_variables(workdir)
-    best_vars = jax.device_put(best_vars, replicated)  # same input shardings: no recompile
     result["metrics"] = evaluate_all(config, best_vars, records, mesh, workdir, best_step,
                                      progress, eval_step)
   writer.close()

@@ -176,6 +176,7 @@ def test_the_step_and_its_benchmarks_import_without_tensorflow_or_pyav():
 TRAIN_SCRIPT = """
 import json, sys
 root, workdir, processes, index, port = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+import jax
 from configs import demo
 from tea_jax import train
 config = demo.get_config(); config.unlock()
@@ -188,7 +189,7 @@ if processes > 1:
                 num_processes=processes, process_id=index)
 result = train.train_and_evaluate(config, workdir, progress=False)
 print(json.dumps({"step": result["step"], "processes": jax.process_count()}))
-""".replace("from tea_jax import train", "import jax\nfrom tea_jax import train")
+"""
 
 
 def free_port() -> int:
