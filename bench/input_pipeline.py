@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import demo  # noqa: E402
 from data_prep import synthetic  # noqa: E402
 from data_prep.build_records import build_records  # noqa: E402
-from tea_jax.input_pipeline import Records  # noqa: E402
+from tea_jax.data.input_pipeline import Records  # noqa: E402
 
 
 def main():

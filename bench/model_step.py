@@ -21,8 +21,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tea_jax import inference  # noqa: E402
-from tea_jax.config import model_config  # noqa: E402
-from tea_jax.model import TEA  # noqa: E402
+from tea_jax.model.config import model_config  # noqa: E402
+from tea_jax.model.tea import TEA  # noqa: E402
 
 VARIANTS = {"emb": dict(merge="none", paragraph_branch=False),
             "tea": dict(merge="concat", paragraph_branch=True)}

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data_prep import random_mllm  # noqa: E402
-from data_prep.narrators import LlavaNarrator  # noqa: E402
+from data_prep.testing import random_mllm  # noqa: E402
+from data_prep.narration.narrators import LlavaNarrator  # noqa: E402
 
 
 def main():
@@ -99,7 +99,7 @@ def write_video(path: str, seconds: int, rng) -> None:
 
 
 def end_to_end(narrator, args) -> None:
-  from data_prep import narrate  # pylint: disable=import-outside-toplevel
+  from data_prep.narration import pipeline as narrate  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(1)
   with tempfile.TemporaryDirectory() as folder:
     videos = []

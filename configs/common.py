@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from tea_jax.config import loss_config, model_config
+from tea_jax.model.config import loss_config, model_config
 
 
 def data_config(root: str, splits: dict[str, str], train: str, selection: str,
@@ -29,7 +29,7 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
   d.narratives = "narratives.jsonl"
   # Output folder of the TFRecords and meta.json.
   d.records_dir = "records"
-  # Most snippets per video after reduction (MODEL.md section 1) and most query words.
+  # Most snippets per video after reduction (docs/design.md section 1) and most query words.
   d.max_snippets = 128
   d.max_words = 128
   # Reduction of videos longer than max_snippets: "mean" (EMB code) or "max" (TEA paper text).
@@ -47,7 +47,7 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Defaults of MODEL.md section 0 for everything but the data."""
+  """Defaults of docs/design.md section 0 for everything but the data."""
   c = ml_collections.ConfigDict()
   # Seed of parameter init, dropout and data order.
   c.seed = 0

@@ -35,7 +35,7 @@ from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
 from data_prep.text import build_vocabulary, tokenize, word_ids
 from tea_jax import cli, files
-from tea_jax.records import RECORD_FORMAT, data_path, record_features
+from tea_jax.data.schema import RECORD_FORMAT, data_path, record_features
 
 log = logging.getLogger("build_records")
 

@@ -1,4 +1,4 @@
-"""Snippet labels of a moment (MODEL.md section 10, EMB's time_to_index)."""
+"""Snippet labels of a moment (docs/design.md section 10, EMB's time_to_index)."""
 
 import numpy as np
 

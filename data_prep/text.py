@@ -1,4 +1,4 @@
-"""Tokenisation and the vocabulary of MODEL.md section 1.
+"""Tokenisation and the vocabulary of docs/design.md section 1.
 
 Tokens are nltk's `word_tokenize` on the lower-cased, stripped sentence with `preserve_line=True`,
 which needs no downloaded data (plain `word_tokenize` wants the punkt models, which cannot be

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from tea_jax import checkpointing
-from tea_jax.model import TEA
+from tea_jax.model.tea import TEA
 
 INPUT_KEYS = ("video", "video_mask", "word_ids", "query_mask", "narrative")
 

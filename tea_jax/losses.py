@@ -1,4 +1,4 @@
-"""Training losses of EMB/TEA (MODEL.md section 10): elastic-boundary span NLL, highlight BCE,
+"""Training losses of EMB/TEA (docs/design.md section 10): elastic-boundary span NLL, highlight BCE,
 proposal-ranking BCE, and the epoch-dependent IoU threshold that picks the pseudo span."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tea_jax.config import loss_config
+from tea_jax.model.config import loss_config
 
 def clamped_log(x: jax.Array) -> jax.Array:
   """log(x) clamped at -100 like torch's BCELoss, with a finite (zero) gradient at x = 0.

@@ -5,8 +5,8 @@
 
 Training resumes automatically from the latest checkpoint in --workdir. `--mode eval` restores the
 best checkpoint (or --step) of --workdir, also one written by `python -m tea_jax.import_emb`, and
-writes metrics.json and predictions_<split>.jsonl there. With the demo config the synthetic data and
-its records are generated first when they are missing.
+writes metrics.json and predictions_<split>.jsonl there. The records must exist (data_prep.build_records;
+for configs/demo.py, `python -m tea_jax.demo --prepare_only` writes the synthetic data and its records).
 """
 
 import json
@@ -30,10 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.setup_logging()
-  from tea_jax import demo, train  # pylint: disable=import-outside-toplevel
+  from tea_jax import train  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   try:
-    demo.prepare_data_if_synthetic(config)
     if FLAGS.mode == "train":
       result = train.train_and_evaluate(config, FLAGS.workdir)
       print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))

@@ -1,4 +1,4 @@
-"""Span decoding and the moment-retrieval metrics (MODEL.md section 11)."""
+"""Span decoding and the moment-retrieval metrics (docs/design.md section 11)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The optimiser of MODEL.md section 0, from optax pieces, reproducing EMB's exact arithmetic.
+"""The optimiser of docs/design.md section 0, from optax pieces, reproducing EMB's exact arithmetic.
 
 EMB used transformers-4.11's AdamW after torch's clip_grad_norm_:
   g *= min(1, max_norm / (||g||_global + 1e-6))

@@ -28,11 +28,11 @@ from tqdm import tqdm
 
 from tea_jax import checkpointing, files, inference, losses, metrics, optim
 from tea_jax.mesh import make_mesh
-from tea_jax.model import TEA
-from tea_jax.records import data_path
+from tea_jax.model.tea import TEA
+from tea_jax.data.schema import data_path
 
 if TYPE_CHECKING:
-  from tea_jax.input_pipeline import Records
+  from tea_jax.data.input_pipeline import Records
 
 log = logging.getLogger("tea_jax")
 
@@ -244,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from workdir), keeps the latest and the best checkpoints, evaluates."""
   # TensorFlow (tf.data, summaries) is imported only where records are read, so that the jitted
   # step and bench/train_step.py run where it is not installed (the GPU image has no TensorFlow).
-  from tea_jax.input_pipeline import Records  # pylint: disable=import-outside-toplevel
+  from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   from tea_jax.writer import MetricWriter  # pylint: disable=import-outside-toplevel
   _setup(config)
   os.makedirs(workdir, exist_ok=True)
@@ -351,7 +351,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None, progress: bool = True) -> dict:
   """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
   Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
-  from tea_jax.input_pipeline import Records  # pylint: disable=import-outside-toplevel
+  from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   _setup(config)
   records = Records(data_path(config.data, "records_dir"), config.data)
   saved = checkpointing.read_config(workdir)

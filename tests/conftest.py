@@ -32,7 +32,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def tiny_model_config(**overrides):
   """A small model config so that tests compile and run in seconds."""
-  from tea_jax.config import model_config
+  from tea_jax.model.config import model_config
   c = model_config()
   c.update(hidden=16, num_heads=2, video_dim=12, word_dim=6, narrative_dim=6, vocab_size=20,
            max_positions=64)

@@ -42,7 +42,7 @@ def test_paper_defaults():
   assert config.data.max_snippets == 128 and config.model.layer_norm_eps == 1e-6
 
 
-@pytest.mark.parametrize("path", ["configs/common.py", "tea_jax/config.py"])
+@pytest.mark.parametrize("path", ["configs/common.py", "tea_jax/model/config.py"])
 def test_every_config_field_has_a_comment_above_it(path):
   lines = (REPO / path).read_text().splitlines()
   fields = [(i, line) for i, line in enumerate(lines)

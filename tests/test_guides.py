@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 
-from tea_jax.guides import GuideConv, bound_guides, content_guides
-from tea_jax.proposals import proposal_map
+from tea_jax.model.guides import GuideConv, bound_guides, content_guides
+from tea_jax.model.proposals import proposal_map
 
 
 def brute_content_guides(x, mask):

@@ -1,4 +1,4 @@
-"""Fusion, gate, BiLSTM predictor and ranker against numpy references (MODEL.md section 8)."""
+"""Fusion, gate, BiLSTM predictor and ranker against numpy references (docs/design.md section 8)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from jax.experimental import rnn
 
-from tea_jax import predictor
-from tea_jax.fusion import ContextQueryFusion, HighlightGate
-from tea_jax.predictor import BiLSTM, SpanPredictor
-from tea_jax.ranker import Ranker, valid_count_weights
+from tea_jax.model import bilstm
+from tea_jax.model.fusion import ContextQueryFusion, HighlightGate
+from tea_jax.model.bilstm import BiLSTM
+from tea_jax.model.span_predictor import SpanPredictor
+from tea_jax.model.ranker import Ranker, valid_count_weights
 
 
 def np_softmax(x, axis):
@@ -107,9 +108,9 @@ def test_lstm_pair_backward_equals_autodiff_of_its_forward(rng):
     out_f, out_b = fn(gin_f, args[1], gin_b, args[3], w_f, w_b)
     return jnp.sum(out_f * probes[0]) + jnp.sum(out_b * probes[1])
 
-  autodiff = lambda *a: predictor._pair_forward(*a)[0]  # pylint: disable=protected-access
+  autodiff = lambda *a: bilstm._pair_forward(*a)[0]  # pylint: disable=protected-access
   diff = (args[0], args[2], args[4], args[5])
-  ours = jax.grad(lambda *a: loss(predictor.lstm_pair, *a), argnums=(0, 1, 2, 3))(*diff)
+  ours = jax.grad(lambda *a: loss(bilstm.lstm_pair, *a), argnums=(0, 1, 2, 3))(*diff)
   theirs = jax.grad(lambda *a: loss(autodiff, *a), argnums=(0, 1, 2, 3))(*diff)
   for a, b_ in zip(ours, theirs):
     np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)
@@ -127,7 +128,7 @@ def lstm_ref_bilstm(x, lengths, flat_weights, hidden):
 def test_cudnn_path_matches_scan_in_values_and_gradients(rng, monkeypatch):
   # No GPU here: the cuDNN call is swapped for JAX's reference of it, which checks everything of the
   # "cudnn" path but the kernel itself (weight packing, lengths, layout, zero padding, gradients).
-  monkeypatch.setattr(predictor, "cudnn_bilstm", lstm_ref_bilstm)
+  monkeypatch.setattr(bilstm, "cudnn_bilstm", lstm_ref_bilstm)
   lengths, l, din, h = [7, 3, 1], 7, 5, 4
   x = rng.normal(size=(3, l, din)).astype(np.float32)
   mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)

@@ -13,11 +13,12 @@ import pytest
 import torch
 from conftest import REPO
 
-from tea_jax import import_emb, inference
-from tea_jax.embeddings import Projection
-from tea_jax.guides import GuideConv
-from tea_jax.predictor import BiLSTM
-from tea_jax.ranker import Ranker
+from tea_jax import inference
+from tea_jax.apps import import_emb
+from tea_jax.model.embeddings import Projection
+from tea_jax.model.guides import GuideConv
+from tea_jax.model.bilstm import BiLSTM
+from tea_jax.model.ranker import Ranker
 
 LAYOUT = REPO / "tests" / "data" / "emb_state_dict.txt"
 

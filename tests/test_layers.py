@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from tea_jax.layers import AttentionLayer, Dropout, MultiHeadAttention, cross_mask
+from tea_jax.model.layers import AttentionLayer, Dropout, MultiHeadAttention, cross_mask
 
 
 def np_softmax(x, axis=-1):

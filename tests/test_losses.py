@@ -1,4 +1,4 @@
-"""Losses of MODEL.md section 10: hand-worked numpy cases and the EMB reference's golden values."""
+"""Losses of docs/design.md section 10: hand-worked numpy cases and the EMB reference's golden values."""
 
 import json
 
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from tea_jax import import_emb, inference, losses
-from tea_jax.config import loss_config
-from tea_jax.model import TEA
+from tea_jax import inference, losses
+from tea_jax.apps import import_emb
+from tea_jax.model.config import loss_config
+from tea_jax.model.tea import TEA
 
 
 def np_iou(a, b):
@@ -23,7 +24,7 @@ def np_bce(p, y):
 
 
 def np_total_loss(out, batch, thr):
-  """Loop-per-sample transcription of MODEL.md section 10 (highlight end rule "min")."""
+  """Loop-per-sample transcription of docs/design.md section 10 (highlight end rule "min")."""
   b = len(batch["start_label"])
   vmr_s, vmr_e, hl_num, hl_den, rank_num, rank_den = [], [], 0.0, 0.0, 0.0, 0.0
   for i in range(b):

@@ -34,7 +34,7 @@ def test_logits_and_highlight_do_not_depend_on_padding(emb, rng):
   for key in ("start_logits", "end_logits", "highlight"):
     np.testing.assert_allclose(np.asarray(padded[key])[:, :11][mask], np.asarray(ref[key])[mask],
                                rtol=1e-5, atol=1e-5)
-  # Proposal scores DO change with the padded length (MODEL.md section 4): padded frames reach the
+  # Proposal scores DO change with the padded length (docs/design.md section 4): padded frames reach the
   # proposal cells with -1e30 instead of the -1e-30 tail value. This documents the reference's quirk.
   n_ref = int(round(ref["proposal_scores"].shape[1] ** 0.5))
   n_pad = int(round(padded["proposal_scores"].shape[1] ** 0.5))

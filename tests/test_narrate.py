@@ -6,9 +6,11 @@ import json
 import pytest
 import torch
 
-from data_prep import narrate, random_mllm
-from data_prep.frames import UnreadableVideo, find_videos, sample_frames, write_test_video
-from data_prep.narrators import PAPER_PROMPT, Blip2Narrator, LlavaNarrator
+from data_prep.narration import pipeline as narrate
+from data_prep.testing import random_mllm
+from data_prep.frames import UnreadableVideo, find_videos, sample_frames
+from data_prep.testing.videos import write_test_video
+from data_prep.narration.narrators import PAPER_PROMPT, Blip2Narrator, LlavaNarrator
 
 
 @pytest.fixture(scope="module")

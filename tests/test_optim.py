@@ -1,4 +1,4 @@
-"""The optimiser against a numpy transcription of EMB's update rule (MODEL.md section 0)."""
+"""The optimiser against a numpy transcription of EMB's update rule (docs/design.md section 0)."""
 
 import jax
 import ml_collections

@@ -11,7 +11,7 @@ from configs import demo
 from data_prep import synthetic
 from data_prep.build_records import BuildError, build_records
 from data_prep.features import reduce_snippets
-from tea_jax.input_pipeline import Records
+from tea_jax.data.input_pipeline import Records
 
 
 def small_config(root, **data):

@@ -9,7 +9,8 @@ from configs import demo
 from data_prep import synthetic
 from data_prep.annotations import read_durations
 from data_prep.build_records import build_records
-from tea_jax import predict, train
+from tea_jax import train
+from tea_jax.apps import predict
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""The proposal map (features, mask, bounds) against a brute-force loop (MODEL.md section 6)."""
+"""The proposal map (features, mask, bounds) against a brute-force loop (docs/design.md section 6)."""
 
 import numpy as np
 import pytest
 
-from tea_jax.proposals import proposal_map, scatter_upper, upper_triangle
+from tea_jax.model.proposals import proposal_map, scatter_upper, upper_triangle
 
 
 def brute_proposals(frames, lengths, cell=8):

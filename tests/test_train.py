@@ -42,8 +42,8 @@ import json, sys
 import jax, numpy as np
 from configs import demo
 from tea_jax import optim, train
-from tea_jax.input_pipeline import Records
-from tea_jax.records import data_path
+from tea_jax.data.input_pipeline import Records
+from tea_jax.data.schema import data_path
 config = demo.get_config(); config.unlock()
 config.data.root = sys.argv[1]
 config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)

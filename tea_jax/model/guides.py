@@ -1,4 +1,4 @@
-"""Content- and bound-guided attention layers (MODEL.md section 5, EMB Eq. 7).
+"""Content- and bound-guided attention layers (docs/design.md section 5, EMB Eq. 7).
 
 A guided layer first mixes each row with two guide vectors (left, right) through a depthwise-separable
 convolution, then lets the mixed features attend (self or cross). The residual is the row-masked input.
@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tea_jax.layers import (Dropout, MASK_VALUE, AttentionLayer, Dense, LayerNorm, cross_mask, self_mask,
+from tea_jax.model.layers import (Dropout, MASK_VALUE, AttentionLayer, Dense, LayerNorm, cross_mask, self_mask,
                             uniform_init, xavier_bound)
 
 

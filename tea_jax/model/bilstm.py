@@ -1,6 +1,6 @@
-"""Conditioned span predictor: two BiLSTM encoders that respect each sample's length, and MLP heads.
+"""The BiLSTM of the span predictor: each sample's valid prefix, both directions, zero on padding.
 
-MODEL.md section 8. PyTorch LSTM conventions (gate order i, f, g, o; two biases; weights and biases
+PyTorch LSTM conventions (gate order i, f, g, o; two biases; weights and biases
 U(-1/sqrt(H), 1/sqrt(H))) so EMB checkpoints import unchanged.
 
 Two implementations of the same BiLSTM, with the same parameters (checkpoints do not depend on the
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
-from tea_jax.layers import Dense, mask_logits, uniform_init
+from tea_jax.model.layers import uniform_init
 
 LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
 _DIRECTIONS = ("forward", "backward")
@@ -167,41 +167,3 @@ def _lstm_pair_bwd(residuals, cotangents):
 
 
 lstm_pair.defvjp(_lstm_pair_fwd, _lstm_pair_bwd)
-
-
-class LSTMEncoder(nn.Module):
-  """BiLSTM followed by a Linear(2H -> D) (EMB's `start_encoder` / `end_encoder`)."""
-
-  hidden: int
-  lstm: str = "scan"
-
-  @nn.compact
-  def __call__(self, x, mask):
-    bilstm = BiLSTM(self.hidden, self.lstm, name="rnn")
-    return Dense(self.hidden, "dense_output")(bilstm(x, mask))
-
-
-class SpanHead(nn.Module):
-  """Linear(2D -> D) - ReLU - Linear(D -> 1) on [features, x]."""
-
-  hidden: int
-
-  @nn.compact
-  def __call__(self, features, x):
-    y = nn.relu(Dense(self.hidden, "dense_in")(jnp.concatenate([features, x], axis=-1)))
-    return Dense(1, "dense_out")(y)[..., 0]
-
-
-class SpanPredictor(nn.Module):
-  """Start/end logits (B, L), -1e30 on padding: hs = Enc_s(x), he = Enc_e(hs)."""
-
-  hidden: int
-  lstm: str = "scan"
-
-  @nn.compact
-  def __call__(self, x, mask):
-    start_features = LSTMEncoder(self.hidden, self.lstm, name="start_encoder")(x, mask)
-    end_features = LSTMEncoder(self.hidden, self.lstm, name="end_encoder")(start_features, mask)
-    start = SpanHead(self.hidden, name="start_head")(start_features, x)
-    end = SpanHead(self.hidden, name="end_head")(end_features, x)
-    return mask_logits(start, mask), mask_logits(end, mask)

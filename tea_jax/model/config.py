@@ -1,8 +1,8 @@
-"""Model defaults of MODEL.md section 0, shared by every experiment config."""
+"""Model defaults of docs/design.md section 0, shared by every experiment config."""
 
 import ml_collections
 
-# The merges of MODEL.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
+# The merges of docs/design.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
 MERGE_MODES = ("none", "concat", "add", "attention")
 
 
@@ -46,7 +46,7 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def loss_config() -> ml_collections.ConfigDict:
-  """Loss weights and label rules of MODEL.md section 10 (EMB's defaults)."""
+  """Loss weights and label rules of docs/design.md section 10 (EMB's defaults)."""
   c = ml_collections.ConfigDict()
   # Weight of the highlight (gate) BCE in the total loss.
   c.highlight_weight = 5.0

@@ -1,6 +1,6 @@
 """The TEA model: EMB plus the video-narrative merge (VN) and the paragraph-query branch (PQ).
 
-With `merge="none"` and `paragraph_branch=False` this is exactly EMB (MODEL.md sections 1-9).
+With `merge="none"` and `paragraph_branch=False` this is exactly EMB (docs/design.md sections 1-9).
 """
 
 from typing import Any
@@ -10,13 +10,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from tea_jax.config import MERGE_MODES
-from tea_jax.embeddings import NarrativeMerge, PositionalTable, Projection, WordEmbedding
-from tea_jax.encoder import FrameEncoder, ProposalEncoder
-from tea_jax.fusion import ContextQueryFusion, HighlightGate
-from tea_jax.predictor import SpanPredictor
-from tea_jax.proposals import num_cells, proposal_map, scatter_upper, upper_triangle
-from tea_jax.ranker import Ranker
+from tea_jax.model.config import MERGE_MODES
+from tea_jax.model.embeddings import NarrativeMerge, PositionalTable, Projection, WordEmbedding
+from tea_jax.model.encoder import FrameEncoder, ProposalEncoder
+from tea_jax.model.fusion import ContextQueryFusion, HighlightGate
+from tea_jax.model.span_predictor import SpanPredictor
+from tea_jax.model.proposals import num_cells, proposal_map, scatter_upper, upper_triangle
+from tea_jax.model.ranker import Ranker
 
 
 class TEA(nn.Module):

@@ -14,7 +14,7 @@ from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Proce
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from data_prep.narrators import PAPER_PROMPT
+from data_prep.narration.narrators import PAPER_PROMPT
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 WORDS = sorted(set((PAPER_PROMPT + " USER: ASSISTANT: a person is standing in the kitchen "

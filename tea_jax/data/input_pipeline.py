@@ -20,7 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tea_jax.records import RECORD_FORMAT, record_features
+from tea_jax.data.schema import RECORD_FORMAT, record_features
 
 # TensorFlow only feeds data here: it must never take a GPU (or its memory) from JAX.
 tf.config.set_visible_devices([], "GPU")

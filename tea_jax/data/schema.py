@@ -56,7 +56,7 @@ def record_features(video_dim: int, narrative_dim: int):
           # Ground-truth moment in seconds, clipped to [0, duration].
           "start_time": F.Scalar(dtype=np.float32),
           "end_time": F.Scalar(dtype=np.float32),
-          # Snippet labels (s, e) of the moment (MODEL.md section 10), inclusive indices < v_len.
+          # Snippet labels (s, e) of the moment (docs/design.md section 10), inclusive indices < v_len.
           "start_label": F.Scalar(dtype=np.int64),
           "end_label": F.Scalar(dtype=np.int64),
           # Vocabulary ids of the query tokens (PAD 0 never appears; UNK 1 for unknown words).

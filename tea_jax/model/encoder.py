@@ -1,4 +1,4 @@
-"""EMB's 11-block encoder schedule (MODEL.md section 7), split into its frame and proposal streams.
+"""EMB's 11-block encoder schedule (docs/design.md section 7), split into its frame and proposal streams.
 
 The frame stream (f2f, w2w, f2w, w2f, v2v, vq2q) is reused with its own weights for TEA's
 paragraph-query branch, where the "frames" are the narrative snippets.
@@ -6,8 +6,8 @@ paragraph-query branch, where the "frames" are the narrative snippets.
 
 import flax.linen as nn
 
-from tea_jax.guides import BoundGuidedBlock, ContentGuidedBlock, cross_rowmask
-from tea_jax.layers import CrossAttentionBlock, SelfAttentionBlock
+from tea_jax.model.guides import BoundGuidedBlock, ContentGuidedBlock, cross_rowmask
+from tea_jax.model.layers import CrossAttentionBlock, SelfAttentionBlock
 
 
 class _Blocks(nn.Module):

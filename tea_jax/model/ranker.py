@@ -1,11 +1,11 @@
-"""The proposal ranker of EMB (MODEL.md section 8): a 3x3 conv over the N x N map, normalised by the
+"""The proposal ranker of EMB (docs/design.md section 8): a 3x3 conv over the N x N map, normalised by the
 number of valid cells in each window, then a 1x1 conv and a sigmoid (exactly 0 on invalid cells)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tea_jax.layers import mask_logits, xavier_uniform
+from tea_jax.model.layers import mask_logits, xavier_uniform
 
 
 def valid_count_weights(mask_map: jax.Array) -> jax.Array:

@@ -1,10 +1,10 @@
-"""Context-query fusion and the highlight gate (MODEL.md section 8, EMB's VSLFuser)."""
+"""Context-query fusion and the highlight gate (docs/design.md section 8, EMB's VSLFuser)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tea_jax.layers import Dropout, Dense, mask_logits, uniform_init, xavier_bound
+from tea_jax.model.layers import Dropout, Dense, mask_logits, uniform_init, xavier_bound
 
 
 class ContextQueryFusion(nn.Module):

@@ -1,6 +1,6 @@
 """Input embeddings: word table, projections, positional table and the video-narrative merge.
 
-MODEL.md sections 1-2. Frozen tables (GloVe rows, the positional table) live in the `frozen` variable
+docs/design.md sections 1-2. Frozen tables (GloVe rows, the positional table) live in the `frozen` variable
 collection: they are part of a checkpoint but never of the optimised parameters.
 """
 
@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from tea_jax.layers import Dropout, CrossAttentionBlock, Dense, uniform_init, xavier_bound
+from tea_jax.model.layers import Dropout, CrossAttentionBlock, Dense, uniform_init, xavier_bound
 
 FROZEN = "frozen"
 

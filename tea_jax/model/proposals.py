@@ -1,4 +1,4 @@
-"""The proposal map of EMB's elastic-boundary branch (MODEL.md section 6).
+"""The proposal map of EMB's elastic-boundary branch (docs/design.md section 6).
 
 Proposals with j < i are invalid in every sample. Their rows never reach a valid output (they are
 masked keys everywhere, zeroed before the ranker and, with the default bound kernel of 1, mixed with
@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tea_jax.layers import MASK_VALUE
+from tea_jax.model.layers import MASK_VALUE
 
 # Padding value of EMB's downscale1d beyond the padded length L (tiny, but not zero).
 TAIL_VALUE = -1e-30

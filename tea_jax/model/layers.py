@@ -1,6 +1,6 @@
 """Basic building blocks: dense layers with EMB's init, masked multi-head attention, attention layer.
 
-MODEL.md section 3. Every dense layer of EMB is a Conv1d of kernel 1 with Xavier-uniform weights and
+docs/design.md section 3. Every dense layer of EMB is a Conv1d of kernel 1 with Xavier-uniform weights and
 zero bias; LayerNorms use eps 1e-6. Masking is additive with -1e30 (never -inf), so a query row whose
 keys are all masked attends uniformly to every key, padded ones included, exactly as the reference.
 """
@@ -72,7 +72,7 @@ def LayerNorm(eps: float, name: str) -> nn.LayerNorm:
 
 
 class MultiHeadAttention(nn.Module):
-  """Masked multi-head attention with no output projection (MODEL.md section 3)."""
+  """Masked multi-head attention with no output projection (docs/design.md section 3)."""
 
   hidden: int
   num_heads: int
