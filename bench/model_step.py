@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tea_jax import inference  # noqa: E402
-from tea_jax.model.config import model_config  # noqa: E402
+from tea_jax.model.config import ModelConfig, model_config  # noqa: E402
 from tea_jax.model.tea import TEA  # noqa: E402
 
 VARIANTS = {"emb": dict(merge="none", paragraph_branch=False),
@@ -79,7 +79,7 @@ def main():
   for name in args.variants.split(","):
     config = model_config()
     config.update(VARIANTS[name], hidden=args.hidden, vocab_size=args.vocab)
-    model = TEA(config)
+    model = TEA(ModelConfig.from_config(config))
     variables = inference.init_params(config, jax.random.key(0))
     batch = make_batch(rng, config, args.batch, args.length, args.words)
     inputs = {k: jnp.asarray(v) for k, v in batch.items()}

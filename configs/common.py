@@ -2,7 +2,8 @@
 
 import ml_collections
 
-from tea_jax.model.config import loss_config, model_config
+from tea_jax.losses import loss_config
+from tea_jax.model.config import model_config
 
 
 def data_config(root: str, splits: dict[str, str], train: str, selection: str,

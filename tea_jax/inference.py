@@ -12,7 +12,6 @@ and, when the narrative merge or the paragraph branch is on, narrative (B, L, Dn
 """
 
 import functools
-import json
 from typing import Any
 
 import jax
@@ -21,19 +20,20 @@ import ml_collections
 import numpy as np
 
 from tea_jax import checkpointing
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 
 INPUT_KEYS = ("video", "video_mask", "word_ids", "query_mask", "narrative")
 
 
-def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Accepts an experiment config (with `.model`) or a model config; returns the model config."""
-  return config.model if "model" in config else config
+def model_config(config: Any) -> ModelConfig:
+  """The ModelConfig of an experiment config (with `.model`), a model ConfigDict or a ModelConfig."""
+  return ModelConfig.from_config(config)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(config_json: str, train: bool):
-  model = TEA(ml_collections.ConfigDict(json.loads(config_json)))
+def _compiled(config: ModelConfig, train: bool):
+  model = TEA(config)
 
   def apply(variables, batch, rng):
     rngs = {"dropout": rng} if train else None
@@ -45,7 +45,7 @@ def _compiled(config_json: str, train: bool):
 def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> None:
   """Raises a ValueError naming the input whose shape does not fit the model config."""
   c = model_config(config)
-  needs_narrative = c.merge != "none" or c.paragraph_branch
+  needs_narrative = c.uses_narrative
   for key in INPUT_KEYS[:4] + (("narrative",) if needs_narrative else ()):
     if key not in batch:
       raise ValueError(f"batch lacks {key!r}; forward needs {INPUT_KEYS[:4]}"
@@ -81,7 +81,7 @@ def forward(config: ml_collections.ConfigDict, params: Any, batch: dict[str, Any
     raise ValueError("forward(train=True) needs rng for dropout")
   inputs = {k: jnp.asarray(batch[k]) for k in INPUT_KEYS if k in batch}
   inputs["word_ids"] = inputs["word_ids"].astype(jnp.int32)
-  return _compiled(c.to_json(), train)(params, inputs, rng)
+  return _compiled(c, train)(params, inputs, rng)
 
 
 def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, length: int = 16,

@@ -1,12 +1,46 @@
 """Training losses of EMB/TEA (docs/design.md section 10): elastic-boundary span NLL, highlight BCE,
 proposal-ranking BCE, and the epoch-dependent IoU threshold that picks the pseudo span."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tea_jax.model.config import loss_config
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """Loss weights and label rules (EMB's defaults)."""
+
+  # Weight of the highlight (gate) BCE in the total loss.
+  highlight_weight: float = 5.0
+  # Weight of the proposal-ranking BCE in the total loss.
+  rank_weight: float = 1.0
+  # Ranking targets: clip((IoU - rank_min_iou) / (rank_max_iou - rank_min_iou), 0, 1).
+  rank_min_iou: float = 0.3
+  rank_max_iou: float = 0.7
+  # The highlight region is extended on both sides by this fraction of its length (in snippets).
+  highlight_extension: float = 0.1
+  # End of the highlight region before extension: "min" of (true end, pseudo end) as in EMB's code,
+  # or "max" as the TEA paper's Eq. 16 writes it.
+  highlight_end: str = "min"
+
+  def __post_init__(self):
+    if self.highlight_end not in ("min", "max"):
+      raise ValueError(f"config.loss.highlight_end={self.highlight_end!r}: expected 'min' or 'max'")
+
+  @classmethod
+  def from_config(cls, config) -> "LossConfig":
+    """The `loss` section of an experiment config (the defaults where it has none)."""
+    section = config["loss"] if config is not None and "loss" in config else {}
+    return cls(**dict(section))
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  """LossConfig's defaults as the ConfigDict that experiment configs hold under `loss`."""
+  return ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
+
 
 def clamped_log(x: jax.Array) -> jax.Array:
   """log(x) clamped at -100 like torch's BCELoss, with a finite (zero) gradient at x = 0.
@@ -97,7 +131,7 @@ def total_loss(config: ml_collections.ConfigDict, outputs, batch, threshold):
   and duration (B,) float32 (seconds); `threshold` is iou_threshold(epoch, epochs) (an argument,
   so nothing recompiles between epochs).
   """
-  cfg = config.loss if "loss" in config else loss_config()
+  cfg = LossConfig.from_config(config)
   s = jnp.asarray(batch["start_label"], jnp.int32)
   e = jnp.asarray(batch["end_label"], jnp.int32)
   video_mask = jnp.asarray(batch["video_mask"], jnp.float32)

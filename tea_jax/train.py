@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from tea_jax import checkpointing, files, inference, losses, metrics, optim
 from tea_jax.mesh import make_mesh
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 from tea_jax.data.schema import data_path
 
@@ -80,7 +81,7 @@ def init_state(config, records: Records, tx, rng: jax.Array) -> tuple[dict, dict
 
 def make_train_step(config, tx, mesh):
   """jit(train_step) with replicated state, data-sharded batch and donated state."""
-  model = TEA(config.model)
+  model = TEA(ModelConfig.from_config(config))
   dropout_key = jax.random.key(config.seed + 1)
 
   def train_step(variables, train_state, batch, threshold):
@@ -107,7 +108,7 @@ def make_train_step(config, tx, mesh):
 
 def make_eval_step(config, mesh):
   """jit(forward + decoding) with a data-sharded batch."""
-  model = TEA(config.model)
+  model = TEA(ModelConfig.from_config(config))
 
   def eval_step(variables, batch):
     out = model.apply(variables, batch, train=False)

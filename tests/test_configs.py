@@ -42,15 +42,17 @@ def test_paper_defaults():
   assert config.data.max_snippets == 128 and config.model.layer_norm_eps == 1e-6
 
 
-@pytest.mark.parametrize("path", ["configs/common.py", "tea_jax/model/config.py"])
+@pytest.mark.parametrize("path", ["configs/common.py", "tea_jax/model/config.py",
+                                  "tea_jax/losses.py"])
 def test_every_config_field_has_a_comment_above_it(path):
+  # ConfigDict fields (`c.x = ...`) and dataclass fields (`  x: int = ...`).
+  field = r"^\s+((c|d)(\.\w+)+ = |\w+: [\w\[\], |]+ = )"
   lines = (REPO / path).read_text().splitlines()
-  fields = [(i, line) for i, line in enumerate(lines)
-            if re.match(r"^\s+(c|d)(\.\w+)+ = ", line)]
+  fields = [(i, line) for i, line in enumerate(lines) if re.match(field, line)]
   assert fields
   for i, line in fields:
     above = lines[i - 1].strip()
-    assert above.startswith("#") or re.match(r"^(c|d)(\.\w+)+ = ", above), f"{path}:{i + 1}: {line}"
+    assert above.startswith("#") or re.match(field, lines[i - 1]), f"{path}:{i + 1}: {line}"
 
 
 def test_unknown_override_is_a_one_line_error(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 
 from tea_jax.model.guides import GuideConv, bound_guides, content_guides
 from tea_jax.model.proposals import proposal_map
+from tea_jax.model.config import ModelConfig
 
 
 def brute_content_guides(x, mask):
@@ -73,7 +74,7 @@ def test_bound_guides_match_brute_force(rng):
 def test_guide_conv_matches_depthwise_loop(rng):
   b, l, d, k = 2, 9, 4, 7
   left, right, x = (rng.normal(size=(b, l, d)).astype(np.float32) for _ in range(3))
-  conv = GuideConv(d, k, 0.2, 1e-6)
+  conv = GuideConv(ModelConfig(hidden=d, num_heads=1), k)
   params = conv.init(jax.random.key(0), left, right, x, train=False)["params"]
   ours = np.asarray(conv.apply({"params": params}, left, right, x, train=False))
   w = np.asarray(params["depthwise"])  # (k, source, D)

@@ -11,6 +11,7 @@ from tea_jax.model.fusion import ContextQueryFusion, HighlightGate
 from tea_jax.model.bilstm import BiLSTM
 from tea_jax.model.span_predictor import SpanPredictor
 from tea_jax.model.ranker import Ranker, valid_count_weights
+from tea_jax.model.config import ModelConfig
 
 
 def np_softmax(x, axis):
@@ -28,7 +29,7 @@ def test_context_query_fusion_matches_numpy(rng):
   qry = rng.normal(size=(b, w, d)).astype(np.float32)
   cmask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.float32)
   qmask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
-  mod = ContextQueryFusion(d, 0.2)
+  mod = ContextQueryFusion(ModelConfig(hidden=d, num_heads=1))
   params = mod.init(jax.random.key(0), ctx, qry, cmask, qmask, train=False)["params"]
   ours = np.asarray(mod.apply({"params": params}, ctx, qry, cmask, qmask, train=False))
   p = {k: np.asarray(v, np.float64) if not isinstance(v, dict) else v for k, v in params.items()}
@@ -163,7 +164,7 @@ def test_cudnn_bilstm_needs_a_gpu_and_names_the_fix(rng):
 def test_span_predictor_masks_padding(rng):
   x = rng.normal(size=(2, 6, 8)).astype(np.float32)
   mask = np.array([[1] * 6, [1, 1, 1, 1, 0, 0]], np.float32)
-  mod = SpanPredictor(8)
+  mod = SpanPredictor(ModelConfig(hidden=8, num_heads=1))
   params = mod.init(jax.random.key(0), x, mask)
   start, end = mod.apply(params, x, mask)
   assert np.all(np.asarray(start)[1, 4:] < -1e29) and np.all(np.asarray(end)[1, 4:] < -1e29)
@@ -190,7 +191,7 @@ def test_ranker_matches_numpy_conv_and_count_normalisation(rng):
                              brute_count_weights(mask_map), rtol=1e-6)
   feats = rng.normal(size=(b, n * n, d)).astype(np.float32)
   mask = mask_map.reshape(b, n * n)
-  ranker = Ranker(d)
+  ranker = Ranker(ModelConfig(hidden=d, num_heads=1))
   params = ranker.init(jax.random.key(0), feats, mask)["params"]
   ours = np.asarray(ranker.apply({"params": params}, feats, mask))
   x = np.pad((feats * mask[..., None]).reshape(b, n, n, d), ((0, 0), (1, 1), (1, 1), (0, 0)))

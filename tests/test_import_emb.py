@@ -19,6 +19,7 @@ from tea_jax.model.embeddings import Projection
 from tea_jax.model.guides import GuideConv
 from tea_jax.model.bilstm import BiLSTM
 from tea_jax.model.ranker import Ranker
+from tea_jax.model.config import ModelConfig
 
 LAYOUT = REPO / "tests" / "data" / "emb_state_dict.txt"
 
@@ -75,7 +76,7 @@ def test_converted_values_by_hand(imported):
 def test_projection_matches_torch_conv1d(imported, rng):
   sd, _, v = imported
   x = rng.normal(size=(2, 5, 1024)).astype(np.float32)
-  ours = Projection(128, 0.2).apply({"params": v["params"]["video_projection"]}, x, train=False)
+  ours = Projection(ModelConfig()).apply({"params": v["params"]["video_projection"]}, x, train=False)
   ref = torch.nn.functional.conv1d(torch.from_numpy(x).transpose(1, 2),
                                    torch.from_numpy(sd["video_affine.linear.conv1d.weight"]),
                                    torch.from_numpy(sd["video_affine.linear.conv1d.bias"]))
@@ -87,7 +88,7 @@ def test_guide_conv_matches_torch_depthwise_conv2d(imported, rng):
   prefix = "encoder.v2v.layers.0.guide."
   left, right, x = (rng.normal(size=(2, 9, 128)).astype(np.float32) for _ in range(3))
   guide = v["params"]["video_encoder"]["v2v"]["guided"]["guide"]
-  ours = GuideConv(128, 7, 0.2, 1e-6).apply({"params": guide}, left, right, x, train=False)
+  ours = GuideConv(ModelConfig(), 7).apply({"params": guide}, left, right, x, train=False)
   stack = torch.from_numpy(np.stack([left, right, x], -1)).permute(0, 2, 1, 3)  # (B, D, L, 3)
   t = lambda k: torch.from_numpy(sd[prefix + k])
   y = torch.nn.functional.conv2d(stack, t("conv_layers.0.weight"), padding=(3, 0), groups=128)
@@ -122,7 +123,7 @@ def test_ranker_matches_torch_conv2d(imported, rng):
   n = 4
   feats = rng.normal(size=(1, n * n, 128)).astype(np.float32)
   mask = np.ones((1, n * n), np.float32)
-  ours = np.asarray(Ranker(128).apply({"params": v["params"]["ranker"]}, feats, mask))
+  ours = np.asarray(Ranker(ModelConfig()).apply({"params": v["params"]["ranker"]}, feats, mask))
   x = torch.from_numpy(feats.reshape(1, n, n, 128)).permute(0, 3, 1, 2)
   t = lambda k: torch.from_numpy(sd[k])
   y = torch.relu(torch.nn.functional.conv2d(x, t("ranker.encoders.0.weight"),

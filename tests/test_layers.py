@@ -4,6 +4,7 @@ import jax
 import numpy as np
 
 from tea_jax.model.layers import AttentionLayer, Dropout, MultiHeadAttention, cross_mask
+from tea_jax.model.config import ModelConfig
 
 
 def np_softmax(x, axis=-1):
@@ -39,7 +40,7 @@ def test_masked_mha_matches_numpy_and_fully_masked_rows_are_uniform(rng):
   tmask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.float32)
   smask = np.array([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]], np.float32)
   mask = np.asarray(cross_mask(tmask, smask))
-  mha = MultiHeadAttention(d, heads, 0.2)
+  mha = MultiHeadAttention(ModelConfig(hidden=d, num_heads=heads))
   params = mha.init(jax.random.key(0), q_in, kv, kv, mask, train=False)["params"]
   ours = np.asarray(mha.apply({"params": params}, q_in, kv, kv, mask, train=False))
   np.testing.assert_allclose(ours, np_mha(params, q_in, kv, kv, mask, heads), atol=1e-5)
@@ -53,7 +54,7 @@ def test_attention_layer_is_post_norm_with_ffn(rng):
   x = rng.normal(size=(b, l, d)).astype(np.float32)
   mask = np.ones((b, 1, l), np.float32)
   mask[0, 0, 4:] = 0
-  layer = AttentionLayer(d, 2, 0.2, 1e-6)
+  layer = AttentionLayer(ModelConfig(hidden=d, num_heads=2))
   params = layer.init(jax.random.key(1), x, x, x, mask, train=False)["params"]
   ours = np.asarray(layer.apply({"params": params}, x, x, x, mask, train=False))
   h = np_layer_norm(x + np_mha(params["attention"], x, x, x, mask, 2), params["norm1"])

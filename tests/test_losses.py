@@ -9,7 +9,8 @@ from conftest import shared_path
 
 from tea_jax import inference, losses
 from tea_jax.apps import import_emb
-from tea_jax.model.config import loss_config
+
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 
 
@@ -143,7 +144,7 @@ def test_bce_has_finite_gradients_at_zero_and_one():
 
 def loss_cfg():
   import ml_collections
-  return ml_collections.ConfigDict({"loss": loss_config().to_dict()})
+  return ml_collections.ConfigDict({"loss": losses.loss_config().to_dict()})
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +172,7 @@ def test_golden_losses_and_gradient_norms(golden, case):
     ref = float(cases[f"{case}/loss_{name}"])
     assert abs(float(value) - ref) <= 1e-4 * max(1.0, abs(ref)), (case, name, float(value), ref)
 
-  model = TEA(config.model)
+  model = TEA(ModelConfig.from_config(config))
 
   def loss_fn(p):
     o = model.apply({"params": p, "frozen": params["frozen"]}, batch, train=False)

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
+from tea_jax.model.config import LSTM_IMPLEMENTATIONS
 from tea_jax.model.layers import uniform_init
 
-LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
 _DIRECTIONS = ("forward", "backward")
 
 

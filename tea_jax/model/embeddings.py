@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.layers import Dropout, CrossAttentionBlock, Dense, uniform_init, xavier_bound
 
 FROZEN = "frozen"
@@ -28,47 +29,45 @@ def positional_table(positions: int, dim: int) -> np.ndarray:
 class PositionalTable(nn.Module):
   """The fixed (max_positions, D) table; an imported checkpoint overwrites it with its own."""
 
-  positions: int
-  dim: int
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, length: int):
+    rows = self.config.max_positions
     table = self.variable(FROZEN, "table",
-                          lambda: jnp.asarray(positional_table(self.positions, self.dim)))
-    if length > self.positions:
+                          lambda: jnp.asarray(positional_table(rows, self.config.hidden)))
+    if length > rows:
       raise ValueError(f"sequence length {length} exceeds the positional table "
-                       f"({self.positions} rows, config.model.max_positions)")
+                       f"({rows} rows, config.model.max_positions)")
     return table.value[:length]
 
 
 class WordEmbedding(nn.Module):
   """Table [PAD zeros; UNK trainable; GloVe rows frozen] -> Dropout -> Linear(word_dim -> D)."""
 
-  vocab_size: int
-  word_dim: int
-  hidden: int
-  dropout: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, word_ids, *, train: bool):
-    unk = self.param("unk", uniform_init(xavier_bound(self.word_dim, 1)), (1, self.word_dim))
+    c = self.config
+    unk = self.param("unk", uniform_init(xavier_bound(c.word_dim, 1)), (1, c.word_dim))
     vectors = self.variable(FROZEN, "word_vectors", jnp.zeros,
-                            (max(self.vocab_size - 2, 0), self.word_dim))
+                            (max(c.vocab_size - 2, 0), c.word_dim))
     table = jnp.concatenate([jnp.zeros_like(unk), unk, vectors.value], axis=0)
     embedded = jnp.take(table, word_ids, axis=0)  # (B, W, word_dim)
-    embedded = Dropout(self.dropout, deterministic=not train)(embedded)
-    return Dense(self.hidden, "linear")(embedded)
+    embedded = Dropout(c.dropout, deterministic=not train)(embedded)
+    return Dense(c.hidden, "linear")(embedded)
 
 
 class Projection(nn.Module):
   """Dropout -> Linear(in -> D): the video projection and the narrative projection."""
 
-  hidden: int
-  dropout: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    return Dense(self.hidden, "linear")(Dropout(self.dropout, deterministic=not train)(x))
+    c = self.config
+    return Dense(c.hidden, "linear")(Dropout(c.dropout, deterministic=not train)(x))
 
 
 class NarrativeMerge(nn.Module):
@@ -78,21 +77,16 @@ class NarrativeMerge(nn.Module):
   to the narrative paragraph with an attention layer.
   """
 
-  mode: str
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, video, narrative, mask, *, train: bool):
-    if self.mode == "concat":
-      merged = Dense(self.hidden, "dense_in")(jnp.concatenate([video, narrative], axis=-1))
-      return Dense(self.hidden, "dense_out")(nn.relu(merged))
-    if self.mode == "add":
+    c = self.config
+    if c.merge == "concat":
+      merged = Dense(c.hidden, "dense_in")(jnp.concatenate([video, narrative], axis=-1))
+      return Dense(c.hidden, "dense_out")(nn.relu(merged))
+    if c.merge == "add":
       return video + narrative
-    if self.mode == "attention":
-      block = CrossAttentionBlock(self.hidden, self.num_heads, self.dropout, self.eps,
-                                  name="attention")
-      return block(video, narrative, mask, mask, train=train)
-    raise ValueError(f"unknown merge {self.mode!r}: expected concat, add or attention")
+    if c.merge == "attention":
+      return CrossAttentionBlock(c, name="attention")(video, narrative, mask, mask, train=train)
+    raise ValueError(f"no merge to apply (config.model.merge={c.merge!r})")

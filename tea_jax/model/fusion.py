@@ -4,25 +4,25 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.layers import Dropout, Dense, mask_logits, uniform_init, xavier_bound
 
 
 class ContextQueryFusion(nn.Module):
   """Trilinear context-query attention, then concatenation with an attention-pooled query."""
 
-  hidden: int
-  dropout: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, context, query, context_mask, query_mask, *, train: bool):
     # context (B, Lc, D) frames or proposals; query (B, W, D).
-    d = self.hidden
+    d = self.config.hidden
     # PyTorch xavier fans: (D, 1) -> in 1, out D; (1, 1, D) -> in D, out D.
     w_c = self.param("w_c", uniform_init(xavier_bound(1, d)), (d,))
     w_q = self.param("w_q", uniform_init(xavier_bound(1, d)), (d,))
     w_m = self.param("w_m", uniform_init(xavier_bound(d, d)), (d,))
     w_p = self.param("w_pool", uniform_init(xavier_bound(1, d)), (d,))
-    drop = Dropout(self.dropout, deterministic=not train)
+    drop = Dropout(self.config.dropout, deterministic=not train)
     context_d, query_d = drop(context), drop(query)  # dropout only on the score's copies
     scores = (context_d @ w_c)[:, :, None] + (query_d @ w_q)[:, None, :] + jnp.einsum(
         "bcd,bwd->bcw", context_d * w_m, query_d)  # (B, Lc, W)

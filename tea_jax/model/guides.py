@@ -8,8 +8,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tea_jax.model.layers import (Dropout, MASK_VALUE, AttentionLayer, Dense, LayerNorm, cross_mask, self_mask,
-                            uniform_init, xavier_bound)
+from tea_jax.model.config import ModelConfig
+from tea_jax.model.layers import (MASK_VALUE, AttentionLayer, Dense, Dropout, LayerNorm, cross_mask,
+                                  self_mask, uniform_init, xavier_bound)
 
 
 def content_guides(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -68,47 +69,41 @@ def bound_guides(frames: jax.Array, bounds: jax.Array, proposal_mask: jax.Array,
 class GuideConv(nn.Module):
   """Depthwise conv over (time, [left, right, x]) + pointwise linear, Dropout, LayerNorm, ReLU."""
 
-  hidden: int
+  config: ModelConfig
   kernel_size: int
-  dropout: float
-  eps: float
 
   @nn.compact
   def __call__(self, left, right, x, *, train: bool):
-    k = self.kernel_size
+    c, k = self.config, self.kernel_size
     # PyTorch Conv2d(D, D, (k, 3), groups=D) fans: in = 3k, out = 3kD.
-    kernel = self.param("depthwise", uniform_init(xavier_bound(3 * k, 3 * k * self.hidden)),
-                        (k, 3, self.hidden))  # (k, source, D)
+    kernel = self.param("depthwise", uniform_init(xavier_bound(3 * k, 3 * k * c.hidden)),
+                        (k, 3, c.hidden))  # (k, source, D)
     length = x.shape[1]
     out = jnp.zeros_like(x)
     for s, source in enumerate((left, right, x)):
       padded = jnp.pad(source, ((0, 0), (k // 2, k // 2), (0, 0)))
       for dt in range(k):
         out = out + padded[:, dt:dt + length] * kernel[dt, s]
-    out = Dense(self.hidden, "pointwise")(out)
-    out = Dropout(self.dropout, deterministic=not train)(out)
-    return nn.relu(LayerNorm(self.eps, "layer_norm")(out))
+    out = Dense(c.hidden, "pointwise")(out)
+    out = Dropout(c.dropout, deterministic=not train)(out)
+    return nn.relu(LayerNorm(c.layer_norm_eps, "layer_norm")(out))
 
 
 class GuidedLayer(nn.Module):
   """Guided self layer (source None) or guided cross layer (target attends to source)."""
 
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
+  config: ModelConfig
   kernel_size: int
 
   @nn.compact
   def __call__(self, x, rowmask, left, right, *, train: bool, source=None, source_mask=None):
     x0 = x * rowmask[..., None]
-    guided = GuideConv(self.hidden, self.kernel_size, self.dropout, self.eps, name="guide")(
-        left, right, x0, train=train)
+    guided = GuideConv(self.config, self.kernel_size, name="guide")(left, right, x0, train=train)
     if source is None:
       key, mask = guided, self_mask(rowmask)
     else:
       key, mask = source, cross_mask(rowmask, source_mask)
-    layer = AttentionLayer(self.hidden, self.num_heads, self.dropout, self.eps, name="layer")
+    layer = AttentionLayer(self.config, name="layer")
     return layer(guided, key, key, mask, train=train, residual=x0)
 
 
@@ -120,35 +115,24 @@ def cross_rowmask(target_mask: jax.Array, source_mask: jax.Array) -> jax.Array:
 class ContentGuidedBlock(nn.Module):
   """Frames guided by the max over earlier / later frames (f2f, v2v self; f2w cross)."""
 
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
-  kernel_size: int = 7
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x, mask, *, train: bool, source=None, source_mask=None):
     rowmask = mask if source is None else cross_rowmask(mask, source_mask)
     left, right = content_guides(x, rowmask)
-    layer = GuidedLayer(self.hidden, self.num_heads, self.dropout, self.eps, self.kernel_size,
-                        name="guided")
+    layer = GuidedLayer(self.config, self.config.content_kernel, name="guided")
     return layer(x, rowmask, left, right, train=train, source=source, source_mask=source_mask)
 
 
 class BoundGuidedBlock(nn.Module):
   """Proposals guided by the frame cells at their bounds (p2p, s2s self; p2w cross)."""
 
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
-  cell_size: int = 8
-  kernel_size: int = 1
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x, mask, frames, bounds, *, train: bool, source=None, source_mask=None):
     rowmask = mask if source is None else cross_rowmask(mask, source_mask)
-    left, right = bound_guides(frames, bounds, rowmask, self.cell_size)
-    layer = GuidedLayer(self.hidden, self.num_heads, self.dropout, self.eps, self.kernel_size,
-                        name="guided")
+    left, right = bound_guides(frames, bounds, rowmask, self.config.cell_size)
+    layer = GuidedLayer(self.config, self.config.bound_kernel, name="guided")
     return layer(x, rowmask, left, right, train=train, source=source, source_mask=source_mask)

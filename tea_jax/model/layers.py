@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tea_jax.model.config import ModelConfig
+
 # Added to masked logits. Finite on purpose: fully masked rows become uniform, not NaN.
 MASK_VALUE = -1e30
 
@@ -74,18 +76,17 @@ def LayerNorm(eps: float, name: str) -> nn.LayerNorm:
 class MultiHeadAttention(nn.Module):
   """Masked multi-head attention with no output projection (docs/design.md section 3)."""
 
-  hidden: int
-  num_heads: int
-  dropout: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, train: bool):
     # query (B, Lq, D), key/value (B, Lk, D), mask (B, 1 or Lq, Lk).
-    head_dim = self.hidden // self.num_heads
+    c = self.config
+    head_dim = c.hidden // c.num_heads
 
     def split(x, name):
-      x = Dense(self.hidden, name)(x)
-      x = x.reshape(x.shape[:2] + (self.num_heads, head_dim))
+      x = Dense(c.hidden, name)(x)
+      x = x.reshape(x.shape[:2] + (c.num_heads, head_dim))
       return x.transpose(0, 2, 1, 3)  # (B, H, L, dh)
 
     # Heads-major layout with plain matmuls: XLA's CPU dot is several times faster this way than
@@ -94,19 +95,20 @@ class MultiHeadAttention(nn.Module):
     scores = jnp.matmul(q, k.swapaxes(-1, -2)) / math.sqrt(head_dim)  # (B, H, Lq, Lk)
     scores = mask_logits(scores, mask[:, None])
     weights = jax.nn.softmax(scores, axis=-1)
-    weights = Dropout(self.dropout, deterministic=not train)(weights)
+    weights = Dropout(c.dropout, deterministic=not train)(weights)
     context = jnp.matmul(weights, v).transpose(0, 2, 1, 3)  # (B, Lq, H, dh)
-    return context.reshape(context.shape[:2] + (self.hidden,))  # (B, Lq, D)
+    return context.reshape(context.shape[:2] + (c.hidden,))  # (B, Lq, D)
 
 
 class FeedForward(nn.Module):
   """Linear-ReLU-Linear (D -> D -> D), EMB's `dense` Sequential."""
 
-  hidden: int
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x):
-    return Dense(self.hidden, "dense_out")(nn.relu(Dense(self.hidden, "dense_in")(x)))
+    d = self.config.hidden
+    return Dense(d, "dense_out")(nn.relu(Dense(d, "dense_in")(x)))
 
 
 class AttentionLayer(nn.Module):
@@ -116,20 +118,17 @@ class AttentionLayer(nn.Module):
   attention itself reads the guided features.
   """
 
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, query, key, value, mask, *, train: bool, residual=None):
+    c = self.config
     residual = query if residual is None else residual
-    drop = Dropout(self.dropout, deterministic=not train)
-    context = MultiHeadAttention(self.hidden, self.num_heads, self.dropout, name="attention")(
-        query, key, value, mask, train=train)
-    h = LayerNorm(self.eps, "norm1")(residual + drop(context))
-    ffn = FeedForward(self.hidden, name="ffn")(h)
-    return LayerNorm(self.eps, "norm2")(h + drop(ffn))
+    drop = Dropout(c.dropout, deterministic=not train)
+    context = MultiHeadAttention(c, name="attention")(query, key, value, mask, train=train)
+    h = LayerNorm(c.layer_norm_eps, "norm1")(residual + drop(context))
+    ffn = FeedForward(c, name="ffn")(h)
+    return LayerNorm(c.layer_norm_eps, "norm2")(h + drop(ffn))
 
 
 def self_mask(mask: jax.Array) -> jax.Array:
@@ -145,26 +144,20 @@ def cross_mask(target_mask: jax.Array, source_mask: jax.Array) -> jax.Array:
 class SelfAttentionBlock(nn.Module):
   """One attention layer with its input as query, key and value (w2w, pq2q, vq2q)."""
 
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x, mask, *, train: bool):
-    layer = AttentionLayer(self.hidden, self.num_heads, self.dropout, self.eps, name="layer")
+    layer = AttentionLayer(self.config, name="layer")
     return layer(x, x, x, self_mask(mask), train=train)
 
 
 class CrossAttentionBlock(nn.Module):
   """One attention layer where the target attends to the source (w2f, w2p)."""
 
-  hidden: int
-  num_heads: int
-  dropout: float
-  eps: float
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, target, source, target_mask, source_mask, *, train: bool):
-    layer = AttentionLayer(self.hidden, self.num_heads, self.dropout, self.eps, name="layer")
+    layer = AttentionLayer(self.config, name="layer")
     return layer(target, source, source, cross_mask(target_mask, source_mask), train=train)

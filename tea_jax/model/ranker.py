@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.layers import mask_logits, xavier_uniform
 
 
@@ -22,7 +23,7 @@ def valid_count_weights(mask_map: jax.Array) -> jax.Array:
 class Ranker(nn.Module):
   """Scores every proposal in [0, 1]."""
 
-  hidden: int
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, features, mask):
@@ -31,7 +32,7 @@ class Ranker(nn.Module):
     n = int(round(p ** 0.5))
     mask_map = mask.reshape(b, n, n)
     x = (features * mask[..., None]).reshape(b, n, n, d)
-    conv = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), kernel_init=xavier_uniform,
+    conv = nn.Conv(self.config.hidden, (3, 3), padding=((1, 1), (1, 1)), kernel_init=xavier_uniform,
                    bias_init=nn.initializers.zeros, name="conv")
     y = nn.relu(conv(x)) * valid_count_weights(mask_map)[..., None]
     logits = nn.Conv(1, (1, 1), kernel_init=xavier_uniform, bias_init=nn.initializers.zeros,

@@ -7,95 +7,102 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
 
-from tea_jax.model.config import MERGE_MODES
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.embeddings import NarrativeMerge, PositionalTable, Projection, WordEmbedding
 from tea_jax.model.encoder import FrameEncoder, ProposalEncoder
 from tea_jax.model.fusion import ContextQueryFusion, HighlightGate
-from tea_jax.model.span_predictor import SpanPredictor
 from tea_jax.model.proposals import num_cells, proposal_map, scatter_upper, upper_triangle
 from tea_jax.model.ranker import Ranker
+from tea_jax.model.span_predictor import SpanPredictor
+
+# Submodule names of the two frame branches: the video branch keeps EMB's checkpoint names, the
+# paragraph branch (PQ) has the same modules with their own weights.
+VIDEO_BRANCH = dict(encoder="video_encoder", fusion="frame_fusion", gate="gate",
+                    predictor="predictor")
+PARAGRAPH_BRANCH = dict(encoder="paragraph_encoder", fusion="paragraph_fusion",
+                        gate="paragraph_gate", predictor="paragraph_predictor")
 
 
 class TEA(nn.Module):
-  """Video moment retrieval with text-enhanced alignment. `config` is the `model` ConfigDict."""
+  """Video moment retrieval with text-enhanced alignment."""
 
-  config: ml_collections.ConfigDict
-
-  def _sizes(self):
-    c = self.config
-    return dict(hidden=c.hidden, num_heads=c.num_heads, dropout=c.dropout, eps=c.layer_norm_eps)
-
-  @property
-  def uses_narrative(self) -> bool:
-    return self.config.merge != "none" or self.config.paragraph_branch
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
     c = self.config
-    if c.merge not in MERGE_MODES:
-      raise ValueError(f"config.model.merge={c.merge!r}: expected one of {MERGE_MODES}")
-    video_mask = batch["video_mask"].astype(jax.numpy.float32)  # (B, L)
-    query_mask = batch["query_mask"].astype(jax.numpy.float32)  # (B, W)
-    length, words = video_mask.shape[1], query_mask.shape[1]
-    positions = PositionalTable(c.max_positions, c.hidden, name="position")
+    video_mask = batch["video_mask"].astype(jnp.float32)  # (B, L)
+    query_mask = batch["query_mask"].astype(jnp.float32)  # (B, W)
+    positions = PositionalTable(c, name="position")
+    query = WordEmbedding(c, name="word_embedding")(batch["word_ids"], train=train)
+    query = query + positions(query_mask.shape[1])  # Q0 (B, W, D)
+    video, narrative = self._embed_video(batch, video_mask, train)
+    video = video + positions(video_mask.shape[1])  # V0 (B, L, D)
 
-    query = WordEmbedding(c.vocab_size, c.word_dim, c.hidden, c.dropout, name="word_embedding")(
-        batch["word_ids"], train=train) + positions(words)
-    video = Projection(c.hidden, c.dropout, name="video_projection")(batch["video"], train=train)
-    narrative = None
-    if self.uses_narrative:
-      if "narrative" not in batch:
-        raise KeyError("this TEA config (merge or paragraph_branch on) needs batch['narrative'] "
-                       "(B, L, narrative_dim)")
-      narrative = Projection(c.hidden, c.dropout, name="narrative_projection")(
-          batch["narrative"], train=train)
-    if c.merge != "none":
-      video = NarrativeMerge(c.merge, **self._sizes(), name="merge")(
-          video, narrative, video_mask, train=train)
-    video = video + positions(length)  # V0 (B, L, D)
-
-    stream = FrameEncoder(**self._sizes(), content_kernel=c.content_kernel,
-                          name="video_encoder")(video, query, video_mask, query_mask, train=train)
-    proposals, proposal_mask, bounds = proposal_map(video, video_mask, c.cell_size)
-    # Rows j < i are invalid everywhere and reach no valid output (see tea_jax.proposals); with a
-    # bound kernel of 1 no row mixes with its neighbours, so only the upper triangle is computed.
-    cells = num_cells(length, c.cell_size)
-    keep = upper_triangle(cells) if c.bound_kernel == 1 else np.arange(cells * cells)
-    proposals, proposal_query = ProposalEncoder(
-        **self._sizes(), cell_size=c.cell_size, bound_kernel=c.bound_kernel,
-        name="proposal_encoder")(proposals[:, keep], proposal_mask[:, keep], bounds[:, keep],
-                                 stream, video, stream["q1"], query_mask, train=train)
-
-    frames = ContextQueryFusion(c.hidden, c.dropout, name="frame_fusion")(
-        stream["frames"], stream["query"], video_mask, query_mask, train=train)
-    frames, highlight = HighlightGate(name="gate")(frames, video_mask)
-    start_logits, end_logits = SpanPredictor(c.hidden, c.lstm, name="predictor")(frames, video_mask)
-    proposals = ContextQueryFusion(c.hidden, c.dropout, name="proposal_fusion")(
-        proposals, proposal_query, proposal_mask[:, keep], query_mask, train=train)
-    if len(keep) < cells * cells:
-      proposals = scatter_upper(proposals, cells)
-    proposal_scores = Ranker(c.hidden, name="ranker")(proposals, proposal_mask)
-
+    stream, frames = self._frame_branch(VIDEO_BRANCH, video, query, video_mask, query_mask, train)
+    start_logits, end_logits, highlight = frames
+    outputs = dict(start_logits=start_logits, end_logits=end_logits, highlight=highlight,
+                   **self._proposal_branch(video, stream, video_mask, query_mask, train))
     start_prob = jax.nn.softmax(start_logits, axis=-1)
     end_prob = jax.nn.softmax(end_logits, axis=-1)
-    outputs = dict(start_logits=start_logits, end_logits=end_logits, highlight=highlight,
-                   proposal_scores=proposal_scores, proposal_mask=proposal_mask,
-                   proposal_bounds=bounds)
     if c.paragraph_branch:
-      paragraph = narrative + positions(length)
-      nstream = FrameEncoder(**self._sizes(), content_kernel=c.content_kernel,
-                             name="paragraph_encoder")(paragraph, query, video_mask, query_mask,
-                                                       train=train)
-      nframes = ContextQueryFusion(c.hidden, c.dropout, name="paragraph_fusion")(
-          nstream["frames"], nstream["query"], video_mask, query_mask, train=train)
-      nframes, _ = HighlightGate(name="paragraph_gate")(nframes, video_mask)
-      nstart, nend = SpanPredictor(c.hidden, c.lstm, name="paragraph_predictor")(nframes, video_mask)
-      outputs.update(paragraph_start_logits=nstart, paragraph_end_logits=nend)
+      paragraph = narrative + positions(video_mask.shape[1])
+      _, (p_start, p_end, _) = self._frame_branch(PARAGRAPH_BRANCH, paragraph, query, video_mask,
+                                                  query_mask, train)
+      outputs.update(paragraph_start_logits=p_start, paragraph_end_logits=p_end)
       # p = (p_v + alpha p_c) / (1 + alpha): same argmax as the paper's p_v + alpha p_c.
-      start_prob = (start_prob + c.alpha * jax.nn.softmax(nstart, -1)) / (1.0 + c.alpha)
-      end_prob = (end_prob + c.alpha * jax.nn.softmax(nend, -1)) / (1.0 + c.alpha)
+      start_prob = (start_prob + c.alpha * jax.nn.softmax(p_start, -1)) / (1.0 + c.alpha)
+      end_prob = (end_prob + c.alpha * jax.nn.softmax(p_end, -1)) / (1.0 + c.alpha)
     outputs.update(start_prob=start_prob, end_prob=end_prob)
     return outputs
+
+  def _embed_video(self, batch, video_mask, train):
+    """Projected snippets, merged with the projected narratives under VN; and the projected
+    narratives themselves (None when the model reads none)."""
+    c = self.config
+    video = Projection(c, name="video_projection")(batch["video"], train=train)
+    if not c.uses_narrative:
+      return video, None
+    if "narrative" not in batch:
+      raise KeyError("this TEA config (merge or paragraph_branch on) needs batch['narrative'] "
+                     "(B, L, narrative_dim)")
+    narrative = Projection(c, name="narrative_projection")(batch["narrative"], train=train)
+    if c.merge != "none":
+      video = NarrativeMerge(c, name="merge")(video, narrative, video_mask, train=train)
+    return video, narrative
+
+  def _frame_branch(self, names, frames, query, frame_mask, query_mask, train):
+    """Encoder, context-query fusion, highlight gate and span predictor over one frame sequence
+    (video snippets or narrative snippets). Returns the encoder stream and (start logits, end
+    logits, highlight)."""
+    c = self.config
+    stream = FrameEncoder(c, name=names["encoder"])(frames, query, frame_mask, query_mask,
+                                                    train=train)
+    fused = ContextQueryFusion(c, name=names["fusion"])(stream["frames"], stream["query"],
+                                                        frame_mask, query_mask, train=train)
+    fused, highlight = HighlightGate(name=names["gate"])(fused, frame_mask)
+    start_logits, end_logits = SpanPredictor(c, name=names["predictor"])(fused, frame_mask)
+    return stream, (start_logits, end_logits, highlight)
+
+  def _proposal_branch(self, video, stream, video_mask, query_mask, train):
+    """EMB's elastic-boundary branch: every (start cell, end cell) proposal scored by the ranker."""
+    c = self.config
+    length = video_mask.shape[1]
+    proposals, proposal_mask, bounds = proposal_map(video, video_mask, c.cell_size)
+    # Rows j < i are invalid everywhere and reach no valid output (see tea_jax/model/proposals.py);
+    # with a bound kernel of 1 no row mixes with its neighbours, so only the upper triangle is
+    # computed.
+    cells = num_cells(length, c.cell_size)
+    keep = upper_triangle(cells) if c.bound_kernel == 1 else np.arange(cells * cells)
+    features, proposal_query = ProposalEncoder(c, name="proposal_encoder")(
+        proposals[:, keep], proposal_mask[:, keep], bounds[:, keep], stream, video, stream["q1"],
+        query_mask, train=train)
+    features = ContextQueryFusion(c, name="proposal_fusion")(
+        features, proposal_query, proposal_mask[:, keep], query_mask, train=train)
+    if len(keep) < cells * cells:
+      features = scatter_upper(features, cells)
+    scores = Ranker(c, name="ranker")(features, proposal_mask)
+    return dict(proposal_scores=scores, proposal_mask=proposal_mask, proposal_bounds=bounds)
