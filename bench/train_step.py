@@ -25,6 +25,8 @@ from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from bench.model_step import VARIANTS, make_batch, timeit  # noqa: E402
 from configs import common  # noqa: E402
 from tea_jax import inference, optim, train  # noqa: E402
+from tea_jax.data.prefetch import to_device  # noqa: E402
+from tea_jax.mesh import make_mesh  # noqa: E402
 
 CHARADES_CD_TRAIN = 11071
 
@@ -42,7 +44,7 @@ def main():
                       help="comma-separated model.lstm values (default: scan; scan,cudnn on a GPU)")
   args = parser.parse_args()
   lstms = (args.lstm or ("scan,cudnn" if jax.default_backend() == "gpu" else "scan")).split(",")
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   steps_per_epoch = math.ceil(CHARADES_CD_TRAIN / args.batch)
   print(f"backend={jax.default_backend()} devices={jax.device_count()} B={args.batch} "
         f"L={args.length} W={args.words}")
@@ -77,7 +79,7 @@ def time_variant(args, mesh, name, lstm, steps_per_epoch):
   batch = make_batch(np.random.default_rng(0), config.model, args.batch, args.length, args.words)
   batch.update(duration=np.full(args.batch, 30.0, np.float32),
                valid=np.ones(args.batch, np.float32))
-  device_batch = train.to_device(batch, mesh)
+  device_batch = to_device(batch, mesh)
   holder = {"state": state}
 
   def run():

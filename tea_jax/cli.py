@@ -11,13 +11,18 @@ _NOISE = ("FeatureConnector.dtype", "TensorInfo.dtype", "Unable to initialize ba
 
 
 class _DropNoise(logging.Filter):
+  """Libraries' INFO lines are dropped, except clu's progress reports (steps/s, ETA, time spent
+  per phase of the training loop); known noisy warnings are dropped too."""
+
   def filter(self, record):
+    if record.levelno < logging.WARNING and "/clu/" not in record.pathname:
+      return False
     return not any(n in record.getMessage() for n in _NOISE)
 
 
 def setup_logging() -> None:
   """Our INFO lines on the console; libraries (Orbax, tfds, XLA) only from WARNING up."""
-  absl_logging.set_verbosity(absl_logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.INFO)
   for name in ("absl", ""):
     logging.getLogger(name).addFilter(_DropNoise())
   ours = logging.getLogger("tea_jax")

@@ -30,14 +30,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.setup_logging()
-  from tea_jax import train  # pylint: disable=import-outside-toplevel
+  from tea_jax import evaluate, train  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
   try:
     if FLAGS.mode == "train":
       result = train.train_and_evaluate(config, FLAGS.workdir)
       print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))
     else:
-      print(json.dumps(train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step), indent=1))
+      print(json.dumps(evaluate.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step), indent=1))
   except (FileNotFoundError, KeyError, ValueError, train.TrainingDiverged) as e:
     # Bad inputs (missing records or checkpoints, wrong shapes, a diverged run): one clear line.
     sys.exit(f"error: {e}")

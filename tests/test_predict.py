@@ -9,7 +9,7 @@ from configs import demo
 from data_prep import synthetic
 from data_prep.annotations import read_durations
 from data_prep.build_records import build_records
-from tea_jax import train
+from tea_jax import evaluate, train
 from tea_jax.apps import predict
 
 
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
   build_records(config, progress=False)
   workdir = root / "run"
   train.train_and_evaluate(config, str(workdir), progress=False)
-  train.evaluate_checkpoint(config, str(workdir), progress=False)
+  evaluate.evaluate_checkpoint(config, str(workdir), progress=False)
   return root, workdir
 
 
