@@ -44,5 +44,10 @@ def main(argv):
   print(f"outputs in {os.path.abspath(FLAGS.workdir)}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console entry point (`tea-jax`), the same as `python -m tea_jax.main`."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()
