@@ -6,6 +6,7 @@ counter); a missing, unknown or misshaped key is an error naming it. torch is im
 `read_torch_state_dict`.
 """
 
+import functools
 import os
 import zipfile
 
@@ -58,8 +59,10 @@ def i3d_rules() -> dict:
   return rules
 
 
+@functools.lru_cache(maxsize=4)
 def variable_shapes(num_classes: int) -> dict:
-  """{'params': ..., 'batch_stats': ...} of ShapeDtypeStructs, without computing anything."""
+  """{'params': ..., 'batch_stats': ...} of ShapeDtypeStructs, without computing anything (cached:
+  read it, do not change it)."""
   model = InceptionI3d(num_classes)
   clips = jax.ShapeDtypeStruct((1, 9, 193, 193, 3), np.float32)  # the smallest accepted clip
   return jax.eval_shape(lambda c: model.init(jax.random.key(0), c), clips)
@@ -112,6 +115,8 @@ def convert_state_dict(state_dict: dict, source: str = "state_dict") -> tuple[in
 
 def read_torch_state_dict(path: str) -> dict:
   """The state_dict of a PyTorch checkpoint file as numpy arrays (torch is imported only here)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"I3D checkpoint not found: {path}")
   import torch  # pylint: disable=import-outside-toplevel
   try:
     blob = torch.load(path, map_location="cpu", weights_only=True)

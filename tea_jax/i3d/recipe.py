@@ -82,7 +82,11 @@ def prepare_frame(frame: np.ndarray) -> np.ndarray:
 def prepare_clip(frames) -> np.ndarray:
   """Decoded frames ((N, H, W, 3) uint8 array or any iterable of frames) -> (N, 224, 224, 3)
   uint8, frame by frame, so that a decoder's full-size frames need not all be held at once."""
-  crops = [prepare_frame(np.asarray(frame)) for frame in frames]
+  crops, previous, crop = [], None, None
+  for frame in frames:
+    if frame is not previous:  # a decoder repeating a frame hands the same array again
+      previous, crop = frame, prepare_frame(np.asarray(frame))
+    crops.append(crop)
   if not crops:
     return np.zeros((0, CROP, CROP, 3), np.uint8)
   return np.stack(crops)
