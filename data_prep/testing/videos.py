@@ -56,3 +56,24 @@ def frame_index(frame: np.ndarray) -> int:
   levels = frame.astype(np.float32).mean(axis=(0, 2))  # (W,)
   bits = [levels[stripe == b][1:-1].mean() > 127.5 for b in range(INDEX_BITS)]
   return int(sum(1 << b for b, on in enumerate(bits) if on))
+
+
+def write_moving_video(path: str, seconds: float, fps: int = 30, size: tuple[int, int] = (480, 270),
+                       codec: str = "mpeg4", seed: int = 0) -> None:
+  """Writes a video of textured stripes drifting every frame (decoding costs about what a real
+  video of that size does; a still image would decode almost for free)."""
+  width, height = size
+  rng = np.random.default_rng(seed)
+  texture = rng.integers(0, 256, (height, 2 * width, 3), dtype=np.uint8)
+  texture[:, ::16] = 255
+  with av.open(path, "w") as container:
+    stream = container.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.bit_rate = 2_000_000
+    for i in range(int(round(seconds * fps))):
+      shift = (3 * i) % width
+      image = np.ascontiguousarray(texture[:, shift:shift + width])
+      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
