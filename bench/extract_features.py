@@ -98,7 +98,7 @@ def main():
   precision = None if args.precision == "default" else "highest"
   device = jax.devices()[0]
   print(f"backend={jax.default_backend()} device={device.device_kind} jax={jax.__version__} "
-        f"cpus={os.cpu_count()} precision={args.precision}")
+        f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.1f} precision={args.precision}")
   variables = random_variables()
   model_only(variables, [int(b) for b in args.batch_sizes.split(",")], args.windows, precision)
   if args.end_to_end:

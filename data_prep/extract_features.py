@@ -97,7 +97,7 @@ class _Run:
     self.video_seconds = 0.0
     self.bar = tqdm(total=total, unit="video", desc="i3d", disable=not progress,
                     dynamic_ncols=True)
-    self.shapes_written_at = time.time()
+    self.started = self.shapes_written_at = time.time()
 
   def fail(self, vid: str, path: str, reason: str) -> None:
     self.failures.append({"video_id": vid, "path": path, "reason": reason})
@@ -112,6 +112,8 @@ class _Run:
     self.windows += len(recipe.window_bounds(num_frames))
     self.video_seconds += num_frames / recipe.FPS
     self.bar.update(1)
+    self.bar.set_postfix(windows_per_s=f"{self.windows / (time.time() - self.started):.2f}",
+                         failed=len(self.failures))
     if time.time() - self.shapes_written_at > SHAPES_EVERY_SECONDS:
       write_feature_shapes(self.out_dir)
       self.shapes_written_at = time.time()
@@ -184,7 +186,7 @@ def parse_args(argv):
   parser.add_argument("--video-ids", help="optional file: the video ids to extract, one a line")
   parser.add_argument("--precision", choices=("highest", "default"), default="highest",
                       help="convolution precision: highest (full float32) or the backend's "
-                           "default (TF32 on recent NVIDIA GPUs: faster, features move ~1e-3)")
+                           "default (on recent NVIDIA GPUs TF32: faster, not full float32)")
   return parser.parse_args(argv)
 
 
@@ -193,8 +195,9 @@ def main(argv=None) -> int:
   from tea_jax.i3d import Extractor  # pylint: disable=import-outside-toplevel
   try:
     for flag in ("batch_size", "decode_workers"):
-      if getattr(args, flag) < 1:
-        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+      value = getattr(args, flag)
+      if value < 1:
+        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     videos = select_videos(args.videos, args.video_ids, args.num_shards, args.shard_index)
     extractor = Extractor.from_weights(args.weights, batch_size=args.batch_size,
                                        precision=None if args.precision == "default" else "highest")

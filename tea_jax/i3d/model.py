@@ -98,6 +98,17 @@ def pooled_shape(t: int, h: int, w: int) -> tuple[int, int, int]:
   return ceil(t, 8) - 1, ceil(h, 32) - 6, ceil(w, 32) - 6
 
 
+class Unit3DLogits(nn.Module):
+  """The classifier unit: 1x1x1 conv with bias, nothing else (named like the PyTorch unit)."""
+  num_classes: int
+  precision: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(self.num_classes, (1, 1, 1), padding="VALID", use_bias=True,
+                   precision=self.precision, name="conv3d")(x)
+
+
 class InceptionI3d(nn.Module):
   """I3D backbone with the classifier head; `features` is the pooled 1024-d map (no logits)."""
   num_classes: int = 400
@@ -115,7 +126,8 @@ class InceptionI3d(nn.Module):
     # The classifier: a 1x1x1 conv with bias on the pooled features (no BatchNorm, no ReLU).
     self.logits = Unit3DLogits(self.num_classes, precision=self.precision, name="logits")
 
-  def backbone(self, clips):  # (B, T, H, W, 3) -> Mixed_5c (B, ceil(T/8), ceil(H/32), ceil(W/32), 1024)
+  def backbone(self, clips):
+    """(B, T, H, W, 3) -> Mixed_5c (B, ceil(T / 8), ceil(H / 32), ceil(W / 32), 1024)."""
     x = clips
     for name, kind in LAYERS:
       if isinstance(kind, str):
@@ -134,18 +146,8 @@ class InceptionI3d(nn.Module):
     x = self.backbone(clips)
     return nn.avg_pool(x, AVG_POOL, strides=(1, 1, 1), padding="VALID")
 
-  def __call__(self, clips):  # (B, T, H, W, 3) -> (B, T', num_classes) per-time-step logits
-    """Class logits per pooled time step (dropout is inactive at inference)."""
-    pooled = self.features(clips)
-    return self.logits(pooled)[:, :, 0, 0, :]
+  def __call__(self, clips):  # (B, T, H, W, 3) -> (B, T', H', W', num_classes)
+    """Class logits per pooled position (H' = W' = 1 for 224 x 224 clips; dropout is inactive at
+    inference)."""
+    return self.logits(self.features(clips))
 
-
-class Unit3DLogits(nn.Module):
-  """The classifier unit: 1x1x1 conv with bias, nothing else (named like the PyTorch unit)."""
-  num_classes: int
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.Conv(self.num_classes, (1, 1, 1), padding="VALID", use_bias=True,
-                   precision=self.precision, name="conv3d")(x)
