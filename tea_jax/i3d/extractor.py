@@ -17,7 +17,7 @@ import numpy as np
 
 from tea_jax.i3d import recipe
 from tea_jax.i3d.importer import load_weights
-from tea_jax.i3d.model import FEATURE_DIM, InceptionI3d
+from tea_jax.i3d.model import InceptionI3d
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -88,6 +88,13 @@ class Extractor:
     computes the current one (one batch in flight)."""
     queue: collections.deque = collections.deque()  # (video, bounds) of 24-frame windows to run
     in_flight = None
+
+    def rotate(jobs: list):
+      """Launches `jobs` (if any), then finishes the batch launched before them."""
+      nonlocal in_flight
+      previous, in_flight = in_flight, (self._launch(jobs) if jobs else None)
+      return self._finish(previous) if previous is not None else ()
+
     for key, clip in clips:
       recipe.check_length(len(clip), str(key))
       video = _Video(key, clip)
@@ -97,17 +104,9 @@ class Extractor:
         else:  # the one short window of a video of N <= 24 frames
           yield from self._finish(self._launch([(video, bounds)]))
       while len(queue) >= self.batch_size:
-        launched = self._launch([queue.popleft() for _ in range(self.batch_size)])
-        if in_flight is not None:
-          yield from self._finish(in_flight)
-        in_flight = launched
-    if queue:
-      launched = self._launch(list(queue))
-      if in_flight is not None:
-        yield from self._finish(in_flight)
-      in_flight = launched
-    if in_flight is not None:
-      yield from self._finish(in_flight)
+        yield from rotate([queue.popleft() for _ in range(self.batch_size)])
+    yield from rotate(list(queue))
+    yield from rotate([])
 
   def _launch(self, jobs: list) -> tuple[list, object]:
     windows = np.stack([video.clip[start:end] for video, (start, end) in jobs])
@@ -125,5 +124,3 @@ class Extractor:
         yield video.key, video.features()
         video.clip = None  # free the frames as soon as the video is done
 
-
-__all__ = ["Extractor", "FEATURE_DIM"]
