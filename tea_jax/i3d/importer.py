@@ -118,11 +118,18 @@ def read_torch_state_dict(path: str) -> dict:
   """The state_dict of a PyTorch checkpoint file as numpy arrays (torch is imported only here)."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"I3D checkpoint not found: {path}")
-  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError(f"{path}: reading a PyTorch checkpoint needs torch; convert it where torch is "
+                     f"installed (python -m tea_jax.i3d.convert CHECKPOINT OUT.npz) and pass the "
+                     f".npz") from None
   try:
     blob = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises several types for a corrupt or foreign file
-    raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+    first_line = (str(e).splitlines() or [type(e).__name__])[0]  # torch's messages run long
+    raise ValueError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: "
+                     f"{first_line})") from e
   if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
     blob = blob["state_dict"]
   if not isinstance(blob, dict):
