@@ -16,7 +16,10 @@ them: a checkpoint written by two hosts evaluates on one CPU, and the other way 
 """
 
 import json
+import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -26,9 +29,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers
 
+from tea_jax.errors import CheckpointError
 from tea_jax.mesh import make_mesh
 
+log = logging.getLogger("tea_jax")
+
 CHECKPOINT_DIR = "checkpoints"
+# Damaged checkpoints are moved here (never deleted) when a run falls back to an older one.
+DAMAGED_DIR = "damaged_checkpoints"
 VARIABLES = "variables"
 TRAIN_STATE = "train_state"
 # The metric entry every evaluated checkpoint carries: the configured selection metric's value.
@@ -55,7 +63,7 @@ def check_layout(workdir: str) -> None:
   """Refuses workdirs of the older layout (a best/ folder and best.json kept by hand)."""
   old = [name for name in _OLD_BEST if os.path.exists(os.path.join(workdir, name))]
   if old:
-    raise ValueError(f"workdir {workdir} was written by an older tea_jax ({' and '.join(old)}); "
+    raise CheckpointError(f"workdir {workdir} was written by an older tea_jax ({' and '.join(old)}); "
                      f"train into a new workdir, or evaluate one of its checkpoints in "
                      f"{CHECKPOINT_DIR}/ with --step N")
 
@@ -126,9 +134,61 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, variables_like=None,
   return dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
 
 
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in leaves}
+
+
+def _check_architecture(mngr, step: int, variables_like) -> None:
+  """A readable checkpoint written for another model is a configuration mistake, not damage."""
+  metadata = mngr.item_metadata(step)[VARIABLES]
+  saved = _leaf_shapes(getattr(metadata, "tree", metadata))
+  wanted = _leaf_shapes(variables_like)
+  if saved != wanted:
+    diff = sorted(set(saved.items()) ^ set(wanted.items()))[0]
+    raise CheckpointError(f"checkpoint {mngr.directory / str(step)} was written for another model "
+                          f"than this config makes (first difference: {diff[0]} {diff[1]}); "
+                          f"resume with the config it was trained with or use a new workdir")
+
+
+def restore_latest_intact(mngr, variables_like, train_state_like) -> dict[str, Any] | None:
+  """Restores the newest checkpoint that can be read; damaged newer ones are reported in one line
+  each and moved to <workdir>/damaged_checkpoints/ (kept, never deleted). None when there is
+  no checkpoint at all."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      _check_architecture(mngr, step, variables_like)
+      return restore(mngr, step, variables_like=variables_like,
+                     train_state_like=train_state_like)
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax raises many types for unreadable files; any of them makes the checkpoint unusable.
+      _set_aside(mngr, step, e)
+  return None
+
+
+def _set_aside(mngr, step: int, error: Exception) -> None:
+  source = mngr.directory / str(step)
+  target = mngr.directory.parent / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+  log.warning("checkpoint %s cannot be read (%s: %s); moved it to %s and falling back to the "
+              "previous one", source, type(error).__name__, _first_line(error), target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  shutil.move(str(source), str(target))
+  mngr.reload()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return text[0][:200] if text else ""
+
+
 def restore_variables(workdir: str, step: int | None = None) -> tuple[Any, int]:
   """Variables of checkpoint `step`, else of the best evaluated checkpoint, else of the latest one.
-  Returns (variables, step)."""
+  Returns (variables, step). A damaged checkpoint is an error naming it (no fallback: the caller
+  asked for that checkpoint)."""
   with manager(workdir, read_only=True) as mngr:
     steps = sorted(mngr.all_steps())
     if not steps:
@@ -137,4 +197,10 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[Any, int]:
       step = best_step(mngr)
     elif step not in steps:
       raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}; it has {steps}")
-    return restore(mngr, step)[VARIABLES], step
+    try:
+      return restore(mngr, step)[VARIABLES], step
+    except Exception as e:  # pylint: disable=broad-except
+      others = [s for s in steps if s != step]
+      raise CheckpointError(f"checkpoint {mngr.directory / str(step)} cannot be read "
+                            f"({type(e).__name__}: {_first_line(e)}): it is damaged; evaluate "
+                            f"another one with --step N (this workdir also has {others})") from e

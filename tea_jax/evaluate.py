@@ -6,6 +6,7 @@ Predictions and metrics use the same seconds: `metrics.index_to_time` of the dec
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import TYPE_CHECKING
@@ -17,12 +18,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, files, metrics
+from tea_jax import checkpointing, config_checks, files, metrics
 from tea_jax.data.prefetch import to_device
 from tea_jax.data.schema import data_path
+from tea_jax.errors import InputError
 from tea_jax.mesh import check_batch_size, initialize_distributed, is_primary, make_mesh
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
+from tea_jax.workdir import locked
 
 if TYPE_CHECKING:
   from tea_jax.data.input_pipeline import Records
@@ -95,12 +98,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   initialize_distributed(config)
-  records = Records(data_path(config.data, "records_dir"), config.data)
   saved = checkpointing.read_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = saved.model  # the checkpoint's architecture wins over the command line
-  if config.model.vocab_size != records.meta["vocab_size"]:
-    raise ValueError(f"the checkpoint in {workdir} has a vocabulary of {config.model.vocab_size} "
-                     f"ids but the records have {records.meta['vocab_size']}")
-  variables, step = checkpointing.restore_variables(workdir, step)
-  return evaluate_all(config, variables, records, make_mesh(), workdir, step, progress)
+  config_checks.check_experiment(config)
+  with locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
+    records = Records(data_path(config.data, "records_dir"), config.data)
+    if config.model.vocab_size != records.meta["vocab_size"]:
+      raise InputError(f"the checkpoint in {workdir} has a vocabulary of "
+                       f"{config.model.vocab_size} ids but the records in {records.records_dir} "
+                       f"have {records.meta['vocab_size']}")
+    variables, step = checkpointing.restore_variables(workdir, step)
+    return evaluate_all(config, variables, records, make_mesh(), workdir, step, progress)

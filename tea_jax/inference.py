@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from tea_jax import checkpointing
+from tea_jax.errors import InputError
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 
@@ -48,7 +49,7 @@ def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> Non
   needs_narrative = c.uses_narrative
   for key in INPUT_KEYS[:4] + (("narrative",) if needs_narrative else ()):
     if key not in batch:
-      raise ValueError(f"batch lacks {key!r}; forward needs {INPUT_KEYS[:4]}"
+      raise InputError(f"batch lacks {key!r}; forward needs {INPUT_KEYS[:4]}"
                        + (" and 'narrative'" if needs_narrative else ""))
   b, length, dv = np.shape(batch["video"])
   expect = {"video_mask": (b, length), "word_ids": (b, np.shape(batch["word_ids"])[-1]),
@@ -57,12 +58,12 @@ def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> Non
     expect["narrative"] = (b, length, c.narrative_dim)
   for key, shape in expect.items():
     if tuple(np.shape(batch[key])) != tuple(shape):
-      raise ValueError(f"batch[{key!r}] has shape {np.shape(batch[key])}, expected {shape}")
+      raise InputError(f"batch[{key!r}] has shape {np.shape(batch[key])}, expected {shape}")
   if dv != c.video_dim:
-    raise ValueError(f"batch['video'] has {dv} channels, config.model.video_dim is {c.video_dim}")
+    raise InputError(f"batch['video'] has {dv} channels, config.model.video_dim is {c.video_dim}")
   words = np.shape(batch["word_ids"])[1]
   if max(length, words) > c.max_positions:
-    raise ValueError(f"L={length} or W={words} exceeds config.model.max_positions="
+    raise InputError(f"L={length} or W={words} exceeds config.model.max_positions="
                      f"{c.max_positions}")
 
 

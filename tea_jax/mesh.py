@@ -3,6 +3,8 @@ the multi-host set-up."""
 
 import jax
 
+from tea_jax.errors import ConfigError
+
 
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh over every device of every process, axis `data`.
@@ -37,4 +39,4 @@ def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
   """Fails unless the global batch splits evenly over the devices."""
   devices = jax.device_count()
   if batch_size <= 0 or batch_size % devices:
-    raise ValueError(f"{what}={batch_size} is not a positive multiple of the {devices} devices")
+    raise ConfigError(f"{what}={batch_size} is not a positive multiple of the {devices} devices")

@@ -11,6 +11,7 @@ of the loop (logging, progress, evaluation and checkpointing at epoch ends) are 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -26,12 +27,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, evaluate, files, inference, losses, optim
+from tea_jax import checkpointing, config_checks, evaluate, files, inference, losses, optim
 from tea_jax.data.prefetch import prefetch_to_device
 from tea_jax.data.schema import data_path
-from tea_jax.mesh import check_batch_size, initialize_distributed, is_primary, make_mesh
+from tea_jax.errors import InputError, UserError
+from tea_jax.mesh import initialize_distributed, is_primary, make_mesh
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
+from tea_jax.workdir import locked
 
 if TYPE_CHECKING:
   from tea_jax.data.input_pipeline import Records
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tea_jax")
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(UserError, FloatingPointError):
   """The loss became NaN or inf."""
 
 
@@ -76,7 +79,7 @@ def with_data_sizes(config: ml_collections.ConfigDict, records: Records
   config.model.vocab_size = meta["vocab_size"]
   for key in ("video_dim", "word_dim", "narrative_dim"):
     if config.model[key] != meta[key]:
-      raise ValueError(f"config.model.{key}={config.model[key]} but the records in "
+      raise InputError(f"config.model.{key}={config.model[key]} but the records in "
                        f"{records.records_dir} have {meta[key]}")
   return config
 
@@ -87,7 +90,7 @@ def init_state(config, records: Records, tx, rng: jax.Array) -> tuple[dict, dict
   vectors = records.word_vectors()
   expected = variables["frozen"]["word_embedding"]["word_vectors"].shape
   if vectors.shape != expected:
-    raise ValueError(f"word_vectors.npy has shape {vectors.shape}, expected {expected}")
+    raise InputError(f"word_vectors.npy has shape {vectors.shape}, expected {expected}")
   variables = jax.tree_util.tree_map(np.asarray, variables)
   variables["frozen"]["word_embedding"]["word_vectors"] = vectors
   train_state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
@@ -127,7 +130,7 @@ def _prepare(config, workdir: str):
   # bench/train_step.py run where it is not installed (the GPU image has no TensorFlow).
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   initialize_distributed(config)
-  check_batch_size(config.batch_size)
+  config_checks.check_experiment(config)
   checkpointing.check_layout(workdir)
   records = Records(data_path(config.data, "records_dir"), config.data)
   config = with_data_sizes(config, records)
@@ -146,10 +149,8 @@ def _restore_or_init(mngr, config, records: Records, tx, mesh):
   """The latest checkpoint's state, else a fresh one; committed and replicated over the mesh so
   that the jitted step compiles exactly once."""
   variables, train_state = init_state(config, records, tx, jax.random.key(config.seed))
-  latest = mngr.latest_step()
-  if latest is not None:
-    restored = checkpointing.restore(mngr, latest, variables_like=variables,
-                                     train_state_like=train_state)
+  restored = checkpointing.restore_latest_intact(mngr, variables, train_state)
+  if restored is not None:
     variables, train_state = restored["variables"], restored["train_state"]
     log.info("resumed from step %d", int(train_state["step"]))
   return jax.device_put((variables, train_state), NamedSharding(mesh, P()))
@@ -247,7 +248,13 @@ def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer,
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        progress: bool = True) -> dict:
   """Trains (resuming from workdir), keeps the latest and the best checkpoints, then evaluates the
-  best one on every configured split (metrics.json, predictions_<split>.jsonl)."""
+  best one on every configured split (metrics.json, predictions_<split>.jsonl). One run per
+  workdir: a second one is refused while the first holds the workdir's lock."""
+  with locked(workdir, "training") if is_primary() else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, progress)
+
+
+def _train_and_evaluate(config, workdir: str, progress: bool) -> dict:
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   config, records, schedule = _prepare(config, workdir)
   mesh = make_mesh()

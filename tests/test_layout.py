@@ -10,7 +10,8 @@ from conftest import REPO
 # Modules of tea_jax that are apps (they may use data_prep) or the command entry points of apps.
 APPS = ("tea_jax/apps/", "tea_jax/demo.py", "tea_jax/predict.py", "tea_jax/import_emb.py")
 # What data_prep may import from the library.
-DATA_PREP_MAY_USE = ("tea_jax.data", "tea_jax.files", "tea_jax.cli", "tea_jax.i3d")
+DATA_PREP_MAY_USE = ("tea_jax.data", "tea_jax.errors", "tea_jax.files", "tea_jax.cli",
+                     "tea_jax.i3d")
 # Packages the library may import lazily (inside a function, for an importer) but never at the
 # top of a module.
 LAZY_ONLY = ("torch", "transformers")

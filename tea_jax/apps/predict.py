@@ -21,7 +21,12 @@ import sys
 
 import numpy as np
 
-from tea_jax import checkpointing
+from data_prep import glove
+from data_prep.features import FeatureSource, MissingFeatures, reduce_snippets
+from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
+from data_prep.text import tokenize, word_ids
+from tea_jax import checkpointing, inference, metrics
+from tea_jax.errors import InputError, UserError
 
 UNKNOWN_VOCABULARY = "no vocabulary words"
 
@@ -35,7 +40,7 @@ def read_vocabulary(workdir: str) -> dict[str, int]:
     vocab = json.load(f)
   words = vocab.get("words") if isinstance(vocab, dict) else vocab
   if not words:
-    raise ValueError(f"{path} has {UNKNOWN_VOCABULARY} (an EMB import needs "
+    raise InputError(f"{path} has {UNKNOWN_VOCABULARY} (an EMB import needs "
                      f"`python -m tea_jax.import_emb --words FILE`)")
   return {w: i for i, w in enumerate(words)}
 
@@ -47,34 +52,39 @@ def load_features(path: str, video_id: str | None) -> np.ndarray:
       raise FileNotFoundError(f"features not found: {path}")
     feats = np.load(path).astype(np.float32)
   else:
-    from data_prep.features import FeatureSource  # pylint: disable=import-outside-toplevel
     if not video_id:
-      raise ValueError(f"--video-id is needed to pick a video from {path}")
+      raise InputError(f"--video-id is needed to pick a video from {path}")
     source = FeatureSource(path)
     try:
       feats = source.get(video_id)
     finally:
       source.close()
   if feats.ndim != 2 or not len(feats):
-    raise ValueError(f"features of {video_id or path} have shape {feats.shape}; expected (T, D)")
+    raise InputError(f"features of {video_id or path} have shape {feats.shape}; expected (T, D)")
   return feats
 
 
 def narrative_of(config, narratives_path: str, video_id: str, vectors_path: str, duration: float,
                  v_len: int, cache_dir: str | None) -> np.ndarray:
   """(v_len, narrative_dim) narrative features of one video, as build_records computes them."""
-  # pylint: disable=import-outside-toplevel
-  from data_prep import glove
-  from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
-  from data_prep.text import tokenize
   narratives, _ = read_narratives(narratives_path)
   if video_id not in narratives:
-    raise ValueError(f"no narratives for video {video_id!r} in {narratives_path}")
+    raise InputError(f"no narratives for video {video_id!r} in {narratives_path}")
   items = narratives[video_id]
   words = sorted({t for _, text in items for t in tokenize(text)})
   index, vectors, _ = glove.read_vectors(vectors_path, words, dim=config.model.word_dim,
                                          cache_dir=cache_dir, progress=False)
   return video_narrative(items, MeanWordVectorEncoder(index, vectors), duration, v_len)
+
+
+def data_settings(config) -> dict:
+  """How the workdir's records were prepared: its config's data section, or for a workdir written
+  by tea_jax.import_emb (no data section) EMB's own settings: at most max_positions snippets
+  (mean-pooled) and query words."""
+  data = config.get("data") or {}
+  limit = config.model.max_positions
+  return {"max_snippets": data.get("max_snippets", limit), "max_words": data.get("max_words", limit),
+          "pooling": data.get("pooling", "mean")}
 
 
 def top_moments(start_prob: np.ndarray, end_prob: np.ndarray,
@@ -96,27 +106,24 @@ def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, du
   features `video` (v_len, video_dim), already reduced as the records are, and, for TEA models,
   its aligned `narrative` (v_len, narrative_dim). `variables` as checkpointing.restore_variables
   returns them, `vocabulary` as read_vocabulary does."""
-  # pylint: disable=import-outside-toplevel
-  from data_prep.text import tokenize, word_ids
-  from tea_jax import inference, metrics
   if duration <= 0:
-    raise ValueError(f"duration must be positive, got {duration}")
+    raise InputError(f"duration must be positive, got {duration}")
   if not queries:
-    raise ValueError("no query given")
+    raise InputError("no query given")
   if video.shape[1] != config.model.video_dim:
-    raise ValueError(f"features have {video.shape[1]} channels; the model expects "
+    raise InputError(f"features have {video.shape[1]} channels; the model expects "
                      f"{config.model.video_dim}")
   v_len = video.shape[0]
   if narrative is None:
     if uses_narratives(config):
-      raise ValueError(f"the model reads narratives (merge={config.model.merge!r}, "
+      raise InputError(f"the model reads narratives (merge={config.model.merge!r}, "
                        f"paragraph_branch={config.model.paragraph_branch}): pass them")
     narrative = np.zeros((v_len, config.model.narrative_dim), np.float32)
   ids = []
   for query in queries:
-    tokens = word_ids(tokenize(query), vocabulary, config.data.max_words)
+    tokens = word_ids(tokenize(query), vocabulary, data_settings(config)["max_words"])
     if not tokens:
-      raise ValueError(f"the query {query!r} has no tokens")
+      raise InputError(f"the query {query!r} has no tokens")
     ids.append(tokens)
   words = max(len(t) for t in ids)
   n = len(queries)
@@ -159,26 +166,26 @@ def main(argv=None) -> int:
                                if args.features.endswith(".npy") else None)
   try:
     if args.top_k < 1:
-      raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+      raise InputError(f"--top-k must be at least 1, got {args.top_k}")
     config = checkpointing.read_config(args.workdir)
     vocabulary = read_vocabulary(args.workdir)
-    from data_prep.features import reduce_snippets  # pylint: disable=import-outside-toplevel
-    video = reduce_snippets(load_features(args.features, video_id), config.data.max_snippets,
-                            config.data.get("pooling", "mean"))
+    settings = data_settings(config)
+    video = reduce_snippets(load_features(args.features, video_id), settings["max_snippets"],
+                            settings["pooling"])
     narrative = None
     if uses_narratives(config) and not args.narratives:
-      raise ValueError(f"the model in {args.workdir} reads narratives: pass --narratives and "
+      raise InputError(f"the model in {args.workdir} reads narratives: pass --narratives and "
                        f"--word-vectors")
     if args.narratives:
       if not args.word_vectors:
-        raise ValueError("--narratives needs --word-vectors (the GloVe file of the records)")
+        raise InputError("--narratives needs --word-vectors (the GloVe file of the records)")
       narrative = narrative_of(config, args.narratives, video_id, args.word_vectors,
                                args.duration, video.shape[0], args.cache_dir)
     variables, _ = checkpointing.restore_variables(args.workdir, args.step)
     results = predict(config, variables, vocabulary, video, args.duration, args.query, narrative,
                       args.top_k)
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    # KeyError: data_prep.features.MissingFeatures (a video not in the features).
+  except (UserError, FileNotFoundError, MissingFeatures) as e:
+    # MissingFeatures is a KeyError: its message is its first argument.
     print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
     return 2
   for result in results:

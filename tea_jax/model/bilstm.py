@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
+from tea_jax.errors import ConfigError
 from tea_jax.model.config import LSTM_IMPLEMENTATIONS
 from tea_jax.model.layers import uniform_init
 
@@ -40,7 +41,7 @@ def pack_cudnn_weights(params):
 def cudnn_bilstm(x, lengths, flat_weights, hidden):
   """(B, L, 2H) outputs of cuDNN's BiLSTM over the first `lengths` steps of each sample, 0 after."""
   if jax.default_backend() != "gpu":
-    raise ValueError(f"model.lstm='cudnn' needs a CUDA GPU (JAX's backend is "
+    raise ConfigError(f"model.lstm='cudnn' needs a CUDA GPU (JAX's backend is "
                      f"{jax.default_backend()!r}); use model.lstm='scan'.")
   zeros = jnp.zeros((2, x.shape[0], hidden), x.dtype)
   out, _, _ = rnn.lstm(x, zeros, zeros, flat_weights, lengths, input_size=x.shape[-1],

@@ -8,6 +8,8 @@ from typing import Any
 
 import ml_collections
 
+from tea_jax.errors import ConfigError
+
 # The merges of docs/design.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
 MERGE_MODES = ("none", "concat", "add", "attention")
 # BiLSTM implementations (tea_jax/model/bilstm.py): "scan" everywhere, "cudnn" on CUDA GPUs only.
@@ -54,11 +56,11 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.merge not in MERGE_MODES:
-      raise ValueError(f"config.model.merge={self.merge!r}: expected one of {MERGE_MODES}")
+      raise ConfigError(f"config.model.merge={self.merge!r}: expected one of {MERGE_MODES}")
     if self.lstm not in LSTM_IMPLEMENTATIONS:
-      raise ValueError(f"config.model.lstm={self.lstm!r}: expected one of {LSTM_IMPLEMENTATIONS}")
+      raise ConfigError(f"config.model.lstm={self.lstm!r}: expected one of {LSTM_IMPLEMENTATIONS}")
     if self.hidden % self.num_heads:
-      raise ValueError(f"config.model.hidden={self.hidden} is not divisible by "
+      raise ConfigError(f"config.model.hidden={self.hidden} is not divisible by "
                        f"config.model.num_heads={self.num_heads}")
 
   @property
@@ -76,7 +78,7 @@ class ModelConfig:
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-      raise ValueError(f"unknown model config fields {unknown}")
+      raise ConfigError(f"unknown model config fields {unknown}")
     return cls(**values)
 
 
