@@ -77,14 +77,6 @@ def narrative_of(config, narratives_path: str, video_id: str, vectors_path: str,
   return video_narrative(items, MeanWordVectorEncoder(index, vectors), duration, v_len)
 
 
-def top_moments(start_prob: np.ndarray, end_prob: np.ndarray,
-                k: int) -> list[tuple[int, int, float]]:
-  """The k most probable spans (i <= j) of outer(p_s, p_e), best first (docs/design.md section 11)."""
-  outer = np.triu(np.outer(start_prob, end_prob))
-  flat = np.argsort(-outer, axis=None, kind="stable")[:k]
-  return [(int(f // outer.shape[1]), int(f % outer.shape[1]), float(outer.flat[f])) for f in flat]
-
-
 def uses_narratives(config) -> bool:
   return config.model.merge != "none" or config.model.paragraph_branch
 
@@ -132,7 +124,7 @@ def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, du
   results = []
   for q, query in enumerate(queries):
     moments = []
-    for i, j, p in top_moments(start_prob[q], end_prob[q], top_k):
+    for i, j, p in metrics.top_spans(start_prob[q], end_prob[q], top_k):
       start_s, end_s = metrics.index_to_time(i, j, v_len, duration)
       moments.append({"start": round(float(start_s), 3), "end": round(float(end_s), 3),
                       "start_index": i, "end_index": j, "probability": p})
