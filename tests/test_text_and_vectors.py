@@ -22,6 +22,19 @@ def test_tokenize_like_nltk_word_tokenize():
   assert tokenize("person turn a light on.") == ["person", "turn", "a", "light", "on", "."]
 
 
+def test_tokenize_splits_sentences_with_punkt_like_emb():
+  # Real ActivityNet queries; expected: EMB's word_tokenize (nltk 3.5 with the punkt model). Punkt
+  # ends a sentence at "?" or "!", so the closing quote opens the next one and becomes ``.
+  assert tokenize(' A mop bucket is shown with the caption "look familiar?".') == [
+      "a", "mop", "bucket", "is", "shown", "with", "the", "caption", "``", "look", "familiar",
+      "?", "``", "."]
+  assert tokenize(' The man stops. Then he smiles.') == ["the", "man", "stops", ".", "then", "he",
+                                                         "smiles", "."]
+  # "st." and "dr." are abbreviations of the English model: no sentence ends there.
+  assert tokenize("They walk down st. james street.") == ["they", "walk", "down", "st.", "james",
+                                                          "street", "."]
+
+
 def test_vocabulary_order_ties_and_filter():
   train = [["a", "b", "c"], ["b", "x"]]
   test = [["d", "a", "b"]]
