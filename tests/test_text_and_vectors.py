@@ -1,5 +1,6 @@
 """Tokeniser, vocabulary, GloVe reader, features, narratives alignment and labels."""
 
+import codecs
 import json
 
 import h5py
@@ -70,6 +71,55 @@ def test_glove_reader_skips_malformed_keeps_last_and_caches(tmp_path, monkeypatc
   np.testing.assert_array_equal(vectors2, vectors)
   with pytest.raises(FileNotFoundError, match="nope.txt"):
     glove.read_vectors(str(tmp_path / "nope.txt"), ["cat"], dim=3)
+
+
+def emb_glove(path, dim):
+  """EMB's load_glove + filter_glove_embedding (util/data_gen.py), transcribed: {word: vector} of
+  the lines codecs.open yields that have dim + 1 fields after strip(); the last one wins."""
+  vectors = {}
+  with codecs.open(str(path), mode="r", encoding="utf-8") as f:
+    for line in f:
+      fields = line.lstrip().rstrip().split(" ")
+      if len(fields) == dim + 1:
+        vectors[fields[0]] = np.asarray([float(x) for x in fields[1:]], np.float32)
+  return vectors
+
+
+def test_glove_lines_are_read_as_emb_reads_them(tmp_path):
+  path = tmp_path / "glove.txt"
+  path.write_bytes("\n".join([
+      "cat 1 2 3",
+      "ab\u2028cd 4 5 6",       # a Python line break inside: "cd" gets (4, 5, 6)
+      "\xa0dog 7 8 9",          # leading non-breaking space: stripped
+      "x\x1cy 1 1 1",           # \x1c breaks the line too: "y" gets (1, 1, 1)
+      "trail 2 2 2 ",           # trailing space: stripped
+      "caf\u00e9 0.1 0.2 0.3",
+      "0.333333343267 0.1 0.2 0.3",
+      "two words 1 2 3",        # 5 fields: not a vector line
+      "cat 3 2 1",              # repeated: the last one wins
+  ]).encode("utf-8") + b"\r\n")
+  reference = emb_glove(path, 3)
+  wanted = sorted(reference) + ["ab", "two", "absent"]
+  index, vectors, stats = glove.read_vectors(str(path), wanted, dim=3, progress=False)
+  assert set(index) == set(reference) == {"cat", "cd", "dog", "y", "trail", "caf\u00e9",
+                                           "0.333333343267"}
+  for word, row in index.items():
+    np.testing.assert_array_equal(vectors[row], reference[word])
+  assert stats["repeated"] == 1 and stats["non_finite"] == 0
+
+
+def test_non_finite_vectors_are_skipped_and_reported(tmp_path, caplog):
+  path = tmp_path / "glove.txt"
+  write_glove(path, [("cat", [1, 2, 3]), ("dog", ["nan", 0, 0]), ("eel", [0, "inf", 1]),
+                     ("dog", [4, 5, 6]), ("fox", [1e39, 0, 0])])
+  index, vectors, stats = glove.read_vectors(str(path), ["cat", "dog", "eel", "fox"], dim=3,
+                                             progress=False)
+  # dog's finite line (4) is kept; eel and fox (1e39 overflows float32) have none.
+  assert list(index) == ["cat", "dog"] and np.all(np.isfinite(vectors))
+  np.testing.assert_array_equal(vectors[index["dog"]], [4, 5, 6])
+  assert stats["non_finite"] == 3
+  assert stats["non_finite_vectors"] == ["glove.txt:2: dog", "glove.txt:3: eel", "glove.txt:5: fox"]
+  assert "glove.txt:3" in caplog.text and "'eel'" in caplog.text
 
 
 def test_reduce_snippets_mean_and_max():
