@@ -162,6 +162,30 @@ def test_feature_sources_npy_and_hdf5(tmp_path):
     FeatureSource(str(tmp_path / "nowhere"))
 
 
+def test_corrupt_feature_files_give_one_line_naming_the_file(tmp_path):
+  folder = tmp_path / "feats"
+  folder.mkdir()
+  np.save(folder / "ok.npy", np.ones((5, 4), np.float32))
+  whole = (folder / "ok.npy").read_bytes()
+  (folder / "empty.npy").write_bytes(b"")
+  (folder / "cut.npy").write_bytes(whole[:-10])
+  (folder / "text.npy").write_bytes(b"not a numpy file")
+  np.save(folder / "words.npy", np.array([["a", "b"]]))
+  source = FeatureSource(str(folder))
+  for vid in ("empty", "cut", "text", "words"):
+    with pytest.raises(ValueError, match=f"cannot read features .*{vid}.npy"):
+      source.get(vid)
+  bad_h5 = tmp_path / "bad.h5"
+  bad_h5.write_bytes(b"not an hdf5 file" * 8)
+  with pytest.raises(ValueError, match="cannot open features .*bad.h5"):
+    FeatureSource(str(bad_h5))
+  h5 = tmp_path / "strings.h5"
+  with h5py.File(h5, "w") as f:
+    f["v1"] = np.array([b"x", b"y"])
+  with pytest.raises(ValueError, match="strings.h5:v1"):
+    FeatureSource(str(h5)).get("v1")
+
+
 def test_narratives_reader_and_alignment(tmp_path):
   path = tmp_path / "narratives.jsonl"
   path.write_text(
