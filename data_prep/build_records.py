@@ -123,7 +123,8 @@ def make_vocabulary(config, tokens: dict[str, list], order: list[str], narrative
   keep first-seen order), restricted to words with a GloVe vector; plus the narrative encoder.
   The GloVe rows read are cached in `cache_dir` (none: no cache)."""
   data, model = config.data, config.model
-  narrative_words = {t for items in narratives.values() for _, text in items for t in tokenize(text)}
+  narrative_words = {t for items in narratives.values() for _, text in items
+                     for t in tokenize(text)}
   candidates = [t for split in order for sentence in tokens[split] for t in sentence]
   index, vectors, stats = glove.read_vectors(
       data_path(data, "word_vectors"), candidates + sorted(narrative_words), dim=model.word_dim,

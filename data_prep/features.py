@@ -1,5 +1,6 @@
 """Snippet features: a folder of `<video_id>.npy` (optionally with feature_shapes.json) or one HDF5
-file with a dataset per video id; and EMB's reduction to at most 128 snippets (docs/design.md section 1)."""
+file with a dataset per video id; and EMB's reduction to at most 128 snippets (docs/design.md
+section 1)."""
 
 import json
 import os

@@ -1,13 +1,14 @@
 """Streaming GloVe text reader that keeps only the words a dataset needs, with a .npy cache.
 
-`glove.840B.300d.txt` is 5.6 GB with 2.2M lines. A line is read as EMB's vocab_emb_gen reads it: the
-file is UTF-8 text split into lines at every Python line break (str.splitlines: also \\v, \\f, \\x1c-\\x1e,
-\\x85, \\u2028, \\u2029), each line is stripped of surrounding whitespace and split at single spaces,
-and it is kept only with exactly dim + 1 fields (some words contain spaces). A repeated word keeps
-its LAST vector (EMB overwrites). Values are parsed as float64, then stored as float32 (as EMB's
-float() into a float32 array). Unlike EMB, a vector with a nan or inf value is skipped and reported
-(file:line: word) instead of entering the vectors. The file is read once; the kept rows are cached
-next to a JSON word list so that the next run with the same file and word set skips the scan.
+`glove.840B.300d.txt` is 5.6 GB with 2.2M lines. A line is read as EMB's vocab_emb_gen reads it:
+the file is UTF-8 text split into lines at every Python line break (str.splitlines: also \\v, \\f,
+\\x1c-\\x1e, \\x85, \\u2028, \\u2029), each line is stripped of surrounding whitespace and split at
+single spaces, and it is kept only with exactly dim + 1 fields (some words contain spaces). A
+repeated word keeps its LAST vector (EMB overwrites). Values are parsed as float64, then stored as
+float32 (as EMB's float() into a float32 array). Unlike EMB, a vector with a nan or inf value is
+skipped and reported (file:line: word) instead of entering the vectors. The file is read once; the
+kept rows are cached next to a JSON word list so that the next run with the same file and word set
+skips the scan.
 """
 
 import hashlib
@@ -44,7 +45,8 @@ def _cache_key(path: str, words: list[str], dim: int) -> str:
 
 def line_fields(chunk: bytes) -> Iterator[list[bytes]]:
   """The space-separated fields of each text line in one b"\\n"-terminated chunk of the file, by
-  EMB's rule (module docstring); UnicodeDecodeError when a chunk that needs decoding is not UTF-8."""
+  EMB's rule (module docstring); UnicodeDecodeError when a chunk that needs decoding is not
+  UTF-8."""
   body = chunk.rstrip(b"\r\n")
   if not _SLOW.search(body):  # plain ASCII: bytes.strip() is str.strip() and there is one line
     yield body.strip().split(b" ")

@@ -54,7 +54,8 @@ def test_times_follow_the_reference_order_in_float64():
   i = rng.integers(0, 8, 200)
   j = i + rng.integers(0, 8, 200)
   start, end = metrics.index_to_time(i, j, v_len, duration)
-  assert start.tolist() == [emb_time(int(a), int(n), float(d)) for a, n, d in zip(i, v_len, duration)]
+  assert start.tolist() == [emb_time(int(a), int(n), float(d))
+                            for a, n, d in zip(i, v_len, duration)]
   assert end.tolist() == [emb_time(int(b) + 1, int(n), float(d))
                           for b, n, d in zip(j, v_len, duration)]
 

@@ -44,7 +44,8 @@ def test_meta_counts_and_files(built):
     assert meta["splits"][split]["pairs"] == n
   records = root / "records_max"  # the demo config is TEA's: max pooling
   assert records_of(config) == str(records)
-  assert {"meta.json", "features.json", "vocab.json", "word_vectors.npy"} <= set(os.listdir(records))
+  assert {"meta.json", "features.json", "vocab.json", "word_vectors.npy"} <= set(
+      os.listdir(records))
   vocab = json.loads((records / "vocab.json").read_text())
   assert vocab[:2] == ["<PAD>", "<UNK>"] and len(vocab) == meta["vocab_size"]
   assert np.load(records / "word_vectors.npy").shape == (meta["vocab_size"] - 2, 50)

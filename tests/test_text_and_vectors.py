@@ -200,7 +200,8 @@ def test_narratives_reader_and_alignment(tmp_path):
   aligned = align_to_snippets(np.array([0.5, 1.5, 5.0]), feats, 8.0, 4)
   np.testing.assert_allclose(aligned[0], [2.0, 0.0])  # mean of the two inside
   np.testing.assert_allclose(aligned[2], [0.0, 5.0])
-  np.testing.assert_allclose(aligned[1], feats[1])  # centre 3.0: nearest is 1.5 (1.5 s) vs 5.0 (2 s)
+  # Centre 3.0: the nearest is 1.5 (1.5 s away) rather than 5.0 (2 s).
+  np.testing.assert_allclose(aligned[1], feats[1])
   np.testing.assert_allclose(aligned[3], feats[2])  # centre 7.0: nearest is 5.0
   encoder = MeanWordVectorEncoder({"a": 0, "dog": 1}, np.array([[1.0, 1.0], [3.0, 5.0]]))
   np.testing.assert_allclose(encoder.encode(["A dog.", "nothing known"]),

@@ -1,5 +1,5 @@
-"""The vocabulary build_records makes equals EMB's vocab_emb_gen's, id for id, on the real annotation
-files of every benchmark (../shared) with a generated GloVe file."""
+"""The vocabulary build_records makes equals EMB's vocab_emb_gen's, id for id, on the real
+annotation files of every benchmark (../shared) with a generated GloVe file."""
 
 import codecs
 import collections
