@@ -1,5 +1,6 @@
 """Snippet features: a folder of `<video_id>.npy` (optionally with feature_shapes.json) or one HDF5
-file with a dataset per video id; and EMB's reduction to at most 128 snippets (docs/design.md section 1)."""
+file with a dataset per video id; and EMB's reduction to at most 128 snippets (docs/design.md
+section 1)."""
 
 import json
 import os
@@ -26,7 +27,10 @@ class FeatureSource:
                           for k, v in json.load(f).items()}
     elif os.path.isfile(path) and path.endswith((".h5", ".hdf5")):
       import h5py  # pylint: disable=import-outside-toplevel
-      self._h5 = h5py.File(path, "r")
+      try:
+        self._h5 = h5py.File(path, "r")
+      except OSError as e:  # not HDF5, truncated: h5py's message does not name the file
+        raise ValueError(f"cannot open features {path}: {e}") from e
     else:
       raise FileNotFoundError(f"features not found: {path} (expected a folder of <vid>.npy or an "
                               f".h5/.hdf5 file)")
@@ -41,15 +45,18 @@ class FeatureSource:
     if self._h5 is not None:
       if video_id not in self._h5:
         raise MissingFeatures(f"no dataset {video_id!r} in {self.path}")
-      feats = np.asarray(self._h5[video_id], dtype=np.float32)
       where = f"{self.path}:{video_id}"
+      try:
+        feats = np.asarray(self._h5[video_id], dtype=np.float32)
+      except (OSError, TypeError, ValueError) as e:  # unreadable or non-numeric dataset
+        raise ValueError(f"cannot read features {where}: {e}") from e
     else:
       where = os.path.join(self.path, f"{video_id}.npy")
       if not os.path.isfile(where):
         raise MissingFeatures(f"no features for video {video_id!r}: {where} does not exist")
       try:
         feats = np.load(where).astype(np.float32)
-      except (ValueError, OSError) as e:
+      except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or cut .npy file
         raise ValueError(f"cannot read features {where}: {e}") from e
     if feats.ndim != 2 or feats.shape[0] == 0:
       raise ValueError(f"features {where} have shape {feats.shape}, expected (T > 0, D)")

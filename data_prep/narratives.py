@@ -1,4 +1,5 @@
-"""Narration output (JSON lines) and its alignment to video snippets (TEA Eq. 3, docs/design.md section 1).
+"""Narration output (JSON lines) and its alignment to video snippets (TEA Eq. 3, docs/design.md
+section 1).
 
 One line per video, as `python -m data_prep.narrate` writes it:
   {"video_id": "AO8RW", "interval": 1.0, "narratives": [{"t": 0.0, "text": "..."}, ...], ...}

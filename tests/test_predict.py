@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from configs import demo
@@ -50,15 +49,6 @@ def test_predict_on_raw_files_matches_evaluation_on_records(trained, capsys):
     probs = [m["probability"] for m in out["moments"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     assert all(0 <= m["start"] < m["end"] <= durations[vid] + 1e-3 for m in out["moments"])
-
-
-def test_top_moments_by_hand():
-  start = np.array([0.1, 0.6, 0.3])
-  end = np.array([0.5, 0.2, 0.3])
-  # Upper triangle of outer(start, end): (0,0) .05 (0,1) .02 (0,2) .03 (1,1) .12 (1,2) .18 (2,2) .09
-  got = predict.top_moments(start, end, 3)
-  assert [(i, j) for i, j, _ in got] == [(1, 2), (1, 1), (2, 2)]
-  assert [p for _, _, p in got] == pytest.approx([0.18, 0.12, 0.09])
 
 
 def test_predict_errors_are_clear(trained, capsys):

@@ -27,6 +27,7 @@ from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_n
 from data_prep.text import tokenize, word_ids
 from tea_jax import checkpointing, inference, metrics
 from tea_jax.errors import InputError, UserError
+from tea_jax.model.config import ModelConfig
 
 UNKNOWN_VOCABULARY = "no vocabulary words"
 
@@ -83,20 +84,8 @@ def data_settings(config) -> dict:
   (mean-pooled) and query words."""
   data = config.get("data") or {}
   limit = config.model.max_positions
-  return {"max_snippets": data.get("max_snippets", limit), "max_words": data.get("max_words", limit),
-          "pooling": data.get("pooling", "mean")}
-
-
-def top_moments(start_prob: np.ndarray, end_prob: np.ndarray,
-                k: int) -> list[tuple[int, int, float]]:
-  """The k most probable spans (i <= j) of outer(p_s, p_e), best first (docs/design.md section 11)."""
-  outer = np.triu(np.outer(start_prob, end_prob))
-  flat = np.argsort(-outer, axis=None, kind="stable")[:k]
-  return [(int(f // outer.shape[1]), int(f % outer.shape[1]), float(outer.flat[f])) for f in flat]
-
-
-def uses_narratives(config) -> bool:
-  return config.model.merge != "none" or config.model.paragraph_branch
+  return {"max_snippets": data.get("max_snippets", limit),
+          "max_words": data.get("max_words", limit), "pooling": data.get("pooling", "mean")}
 
 
 def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, duration: float,
@@ -115,7 +104,7 @@ def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, du
                      f"{config.model.video_dim}")
   v_len = video.shape[0]
   if narrative is None:
-    if uses_narratives(config):
+    if ModelConfig.from_config(config).uses_narrative:
       raise InputError(f"the model reads narratives (merge={config.model.merge!r}, "
                        f"paragraph_branch={config.model.paragraph_branch}): pass them")
     narrative = np.zeros((v_len, config.model.narrative_dim), np.float32)
@@ -139,7 +128,7 @@ def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, du
   results = []
   for q, query in enumerate(queries):
     moments = []
-    for i, j, p in top_moments(start_prob[q], end_prob[q], top_k):
+    for i, j, p in metrics.top_spans(start_prob[q], end_prob[q], top_k):
       start_s, end_s = metrics.index_to_time(i, j, v_len, duration)
       moments.append({"start": round(float(start_s), 3), "end": round(float(end_s), 3),
                       "start_index": i, "end_index": j, "probability": p})
@@ -173,7 +162,7 @@ def main(argv=None) -> int:
     video = reduce_snippets(load_features(args.features, video_id), settings["max_snippets"],
                             settings["pooling"])
     narrative = None
-    if uses_narratives(config) and not args.narratives:
+    if ModelConfig.from_config(config).uses_narrative and not args.narratives:
       raise InputError(f"the model in {args.workdir} reads narratives: pass --narratives and "
                        f"--word-vectors")
     if args.narratives:
