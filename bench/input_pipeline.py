@@ -21,6 +21,7 @@ from configs import demo  # noqa: E402
 from data_prep import synthetic  # noqa: E402
 from data_prep.build_records import build_records  # noqa: E402
 from tea_jax.data.input_pipeline import Records  # noqa: E402
+from tea_jax.data.schema import data_path  # noqa: E402
 
 
 def main():
@@ -45,7 +46,7 @@ def main():
   meta = build_records(config, progress=False)
   build_s = time.perf_counter() - t0
   pairs = sum(m["pairs"] for m in meta["splits"].values())
-  records_dir = os.path.join(root, "records")
+  records_dir = data_path(config.data, "records_dir")
   record_bytes = sum(os.path.getsize(os.path.join(records_dir, name))
                      for name in os.listdir(records_dir) if name.endswith(".tfrecord"))
   records = Records(records_dir, config.data)

@@ -24,11 +24,13 @@ import math
 import os
 from typing import Any
 
+from tea_jax.errors import ConfigError, InputError
+
 # What build_records and inspect do with a questionable record (see the module docstring).
 BAD_RECORD_POLICIES = ("reference", "skip", "fail")
 
 
-class BadAnnotation(ValueError):
+class BadAnnotation(InputError):
   """A bad record in strict mode, or an unreadable annotation file."""
 
 
@@ -234,7 +236,7 @@ def read_annotations(path: str, durations: str | dict[str, float] | None = None,
   Charades-STA txt files. `bad_records`: "reference", "skip" or "fail" (module docstring);
   strict=True is "fail": any reported record raises BadAnnotation naming it."""
   if bad_records not in BAD_RECORD_POLICIES:
-    raise ValueError(f"unknown bad_records policy {bad_records!r}: expected one of "
+    raise ConfigError(f"unknown bad_records policy {bad_records!r}: expected one of "
                      f"{', '.join(BAD_RECORD_POLICIES)}")
   policy = "fail" if strict else bad_records
   keep = policy == "reference"

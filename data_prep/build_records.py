@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -31,18 +30,20 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from data_prep import glove
-from data_prep.annotations import Annotations, BadAnnotation, read_annotations, read_durations
+from data_prep.annotations import Annotations, read_annotations, read_durations
 from data_prep.features import FeatureSource, MissingFeatures, reduce_snippets
 from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
 from data_prep.text import build_vocabulary, tokenize, word_ids
 from tea_jax import cli, files
+from tea_jax.data.checks import check_data
 from tea_jax.data.schema import RECORD_FORMAT, data_path, record_features
+from tea_jax.errors import InputError
 
 log = logging.getLogger("build_records")
 
 
-class BuildError(RuntimeError):
+class BuildError(InputError):
   """Bad input that stops the build (strict mode, or nothing usable)."""
 
 
@@ -304,6 +305,7 @@ def write_records(build: Build, annotations: dict, tokens: dict, order: list[str
 def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> dict:
   """Builds the record set of `config.data`; returns the meta dict (also written to meta.json)."""
   data = config.data
+  check_data(data, max_positions=config.model.max_positions)
   started = time.time()
   order = split_order(data)
   annotations, tokens = read_splits(data, order)
@@ -332,10 +334,7 @@ def main(argv):
   del argv
   cli.setup_logging()
   config = flags.FLAGS.config
-  try:
-    meta = build_records(config)
-  except (BuildError, BadAnnotation, FileNotFoundError, ValueError) as e:
-    sys.exit(f"build_records: {e}")
+  meta = cli.run_reporting(lambda: build_records(config))
   counts = {s: m["pairs"] for s, m in meta["splits"].items()}
   print(json.dumps({"records_dir": data_path(config.data, "records_dir"), "pairs": counts,
                     "bad_records": meta["bad_records"], "vocab_size": meta["vocab_size"],

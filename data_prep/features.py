@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from tea_jax.errors import ConfigError, InputError
+
 
 class MissingFeatures(KeyError):
   """A video has no features in the source."""
@@ -30,7 +32,7 @@ class FeatureSource:
       try:
         self._h5 = h5py.File(path, "r")
       except OSError as e:  # not HDF5, truncated: h5py's message does not name the file
-        raise ValueError(f"cannot open features {path}: {e}") from e
+        raise InputError(f"cannot open features {path}: {e}") from e
     else:
       raise FileNotFoundError(f"features not found: {path} (expected a folder of <vid>.npy or an "
                               f".h5/.hdf5 file)")
@@ -49,7 +51,7 @@ class FeatureSource:
       try:
         feats = np.asarray(self._h5[video_id], dtype=np.float32)
       except (OSError, TypeError, ValueError) as e:  # unreadable or non-numeric dataset
-        raise ValueError(f"cannot read features {where}: {e}") from e
+        raise InputError(f"cannot read features {where}: {e}") from e
     else:
       where = os.path.join(self.path, f"{video_id}.npy")
       if not os.path.isfile(where):
@@ -57,14 +59,14 @@ class FeatureSource:
       try:
         feats = np.load(where).astype(np.float32)
       except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or cut .npy file
-        raise ValueError(f"cannot read features {where}: {e}") from e
+        raise InputError(f"cannot read features {where}: {e}") from e
     if feats.ndim != 2 or feats.shape[0] == 0:
-      raise ValueError(f"features {where} have shape {feats.shape}, expected (T > 0, D)")
+      raise InputError(f"features {where} have shape {feats.shape}, expected (T > 0, D)")
     if not np.all(np.isfinite(feats)):
-      raise ValueError(f"features {where} contain NaN or inf")
+      raise InputError(f"features {where} contain NaN or inf")
     if self.lengths is not None and video_id in self.lengths \
         and self.lengths[video_id] != feats.shape[0]:
-      raise ValueError(f"features {where} have {feats.shape[0]} rows but feature_shapes.json "
+      raise InputError(f"features {where} have {feats.shape[0]} rows but feature_shapes.json "
                        f"says {self.lengths[video_id]}")
     return feats
 
@@ -81,7 +83,7 @@ def reduce_snippets(feats: np.ndarray, max_snippets: int = 128, mode: str = "mea
   if t <= max_snippets:
     return feats.astype(np.float32)
   if mode not in ("mean", "max"):
-    raise ValueError(f"unknown pooling {mode!r}: expected 'mean' or 'max'")
+    raise ConfigError(f"unknown pooling {mode!r}: expected 'mean' or 'max'")
   edges = np.round(np.arange(max_snippets + 1, dtype=np.float64) / max_snippets * t).astype(int)
   edges = np.minimum(edges, t - 1)
   out = np.empty((max_snippets, feats.shape[1]), np.float32)

@@ -12,9 +12,10 @@ from typing import Protocol
 import numpy as np
 
 from data_prep.text import tokenize
+from tea_jax.errors import InputError
 
 
-class BadNarratives(ValueError):
+class BadNarratives(InputError):
   """An unreadable narratives file or line."""
 
 

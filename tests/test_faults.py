@@ -64,6 +64,14 @@ def data_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def epoch(data_root) -> int:
+  """Steps per epoch of the tiny config on the fault data."""
+  config = tiny_config(data_root)
+  pairs = Records(data_path(config.data, "records_dir"), config.data).size("train")
+  return -(-pairs // config.batch_size)
+
+
+@pytest.fixture(scope="module")
 def env(tmp_path_factory):
   # One persistent compilation cache for all subprocesses: restarts load the compiled step.
   cache = tmp_path_factory.mktemp("jax_cache")
@@ -94,19 +102,23 @@ def assert_same(a: dict, b: dict) -> None:
     np.testing.assert_array_equal(x, y)
 
 
-# One kill after each kind of durable write, in the order a run makes them: the run's files, a
-# checkpoint's items half committed, a checkpoint complete, a checkpoint whose save deletes an older
-# one, the final evaluation half written, and a finished run.
-KILLS = ["vocab.json", "4.orbax-checkpoint-tmp/train_state", "checkpoints/4",
-         "8.orbax-checkpoint-tmp/metrics", "checkpoints/12", "predictions_test.jsonl",
-         "metrics.json"]
+def kill_points(steps_per_epoch: int) -> list[str]:
+  """One kill after each kind of durable write, in the order a run makes them: the run's files, a
+  checkpoint's items half committed, a checkpoint complete, a checkpoint whose save deletes an
+  older one (three epochs, two kept plus the best), the final evaluation half written, and a
+  finished run."""
+  s = steps_per_epoch
+  return ["vocab.json", f"{s}.orbax-checkpoint-tmp/train_state", f"checkpoints/{s}",
+          f"{2 * s}.orbax-checkpoint-tmp/metrics", f"checkpoints/{3 * s}",
+          "predictions_test.jsonl", "metrics.json"]
 
 
-def test_a_kill_after_any_durable_write_gives_the_uninterrupted_result(data_root, env, tmp_path):
+def test_a_kill_after_any_durable_write_gives_the_uninterrupted_result(data_root, env, epoch,
+                                                                       tmp_path):
   straight = run(data_root, tmp_path / "straight", env)
   assert straight.returncode == 0, straight.stderr[-3000:]
   workdir = tmp_path / "killed"
-  for kill_after in KILLS:
+  for kill_after in kill_points(epoch):
     proc = run(data_root, workdir, env, kill_after)
     assert proc.returncode == -signal.SIGKILL, (kill_after, proc.stderr[-3000:])
   final = run(data_root, workdir, env)
@@ -115,17 +127,19 @@ def test_a_kill_after_any_durable_write_gives_the_uninterrupted_result(data_root
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_training_resumes_from_the_previous_one(
-    data_root, tmp_path):
+    data_root, epoch, tmp_path):
   straight = tmp_path / "straight"
   train.train_and_evaluate(tiny_config(data_root), str(straight), progress=False)
   workdir = tmp_path / "damaged"
-  train.train_and_evaluate(tiny_config(data_root, max_steps=8), str(workdir), progress=False)
-  for path in (workdir / "checkpoints" / "8" / "train_state").rglob("*"):
+  train.train_and_evaluate(tiny_config(data_root, max_steps=2 * epoch), str(workdir),
+                           progress=False)
+  for path in (workdir / "checkpoints" / str(2 * epoch) / "train_state").rglob("*"):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(path.read_bytes()[:50])  # cut short, as a full disk or a kill would
   result = train.train_and_evaluate(tiny_config(data_root), str(workdir), progress=False)
-  assert result["step"] == 12
-  assert [p.name.split("-")[0] for p in (workdir / checkpointing.DAMAGED_DIR).iterdir()] == ["8"]
+  assert result["step"] == 3 * epoch
+  damaged = [p.name.split("-")[0] for p in (workdir / checkpointing.DAMAGED_DIR).iterdir()]
+  assert damaged == [str(2 * epoch)]
   assert_same(outcome(workdir), outcome(straight))
 
 
@@ -158,7 +172,7 @@ def test_a_truncated_record_file_names_the_file(data_root, tmp_path):
 
 
 def test_a_second_run_into_a_busy_workdir_is_refused_and_a_stale_lock_taken_over(
-    data_root, tmp_path, caplog):
+    data_root, epoch, tmp_path, caplog):
   workdir = tmp_path / "busy"
   with locked(str(workdir), "training"):
     with pytest.raises(CheckpointError, match="is in use by another run.*training of pid"):
@@ -168,7 +182,7 @@ def test_a_second_run_into_a_busy_workdir_is_refused_and_a_stale_lock_taken_over
                                              "since": "yesterday"}))
   result = train.train_and_evaluate(tiny_config(data_root, num_epochs=1), str(workdir),
                                     progress=False)
-  assert result["step"] == 4
+  assert result["step"] == epoch
   assert "taking over the lock of a run that ended without releasing it" in caplog.text
 
 
@@ -192,10 +206,10 @@ def test_a_bad_config_is_one_line_naming_the_field(tmp_path, override, field, al
   assert not (tmp_path / "w" / "checkpoints").exists()
 
 
-def test_divergence_names_a_checkpoint_that_exists(data_root, tmp_path):
+def test_divergence_names_a_checkpoint_that_exists(data_root, epoch, tmp_path):
   workdir = tmp_path / "nan"
-  train.train_and_evaluate(tiny_config(data_root, max_steps=4), str(workdir), progress=False)
-  with pytest.raises(train.TrainingDiverged, match=r"the last checkpoint \(step 4\) is kept"):
+  train.train_and_evaluate(tiny_config(data_root, max_steps=epoch), str(workdir), progress=False)
+  with pytest.raises(train.TrainingDiverged, match=rf"the last checkpoint \(step {epoch}\) is kept"):
     train.train_and_evaluate(tiny_config(data_root, **{"optimizer.learning_rate": 1e30}),
                              str(workdir), progress=False)
 

@@ -5,6 +5,7 @@ weights and must equal our modules running on the imported weights.
 """
 
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -17,6 +18,7 @@ from conftest import REPO
 from data_prep.annotations import read_durations
 from tea_jax import inference
 from tea_jax.apps import import_emb, predict
+from tea_jax.data.schema import data_path
 from tea_jax.model.bilstm import BiLSTM
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.embeddings import Projection
@@ -201,7 +203,7 @@ def test_main_eval_and_predict_on_an_imported_workdir(tmp_path, capsys):
   ckpt = tmp_path / "model_best.pth.tar"
   torch.save({"state_dict": {k: torch.from_numpy(x) for k, x in sd.items()}}, ckpt)
   workdir = tmp_path / "emb"
-  words = json.loads((root / "records" / "vocab.json").read_text())
+  words = json.loads((pathlib.Path(data_path(config.data, "records_dir")) / "vocab.json").read_text())
   (tmp_path / "words.txt").write_text("\n".join(words[2:]) + "\n")
   import_emb.write_workdir(str(ckpt), str(workdir), words_file=str(tmp_path / "words.txt"))
   proc = subprocess.run([sys.executable, "-m", "tea_jax.main", "--config", "configs/demo.py",

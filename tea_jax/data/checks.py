@@ -4,6 +4,7 @@ values of each field and the rules between them, each failure one line naming th
 from tea_jax.errors import ConfigError
 
 POOLINGS = ("mean", "max")
+BAD_RECORD_POLICIES = ("reference", "skip", "fail")
 
 
 def _positive(value) -> bool:
@@ -29,6 +30,12 @@ def check_data(data, max_positions: int | None = None) -> None:
     bad("eval_splits", f"a non-empty tuple of splits among {tuple(data.splits)}")
   if data.pooling not in POOLINGS:
     bad("pooling", f"one of {POOLINGS}")
+  if data.get("bad_records", "reference") not in BAD_RECORD_POLICIES:
+    bad("bad_records", f"one of {BAD_RECORD_POLICIES}")
+  order = tuple(data.get("split_order", ()) or ())
+  if order and (sorted(order) != sorted(data.splits) or order[0] != data.train_split):
+    bad("split_order", f"the splits {tuple(sorted(data.splits))} in declared order, "
+                       f"{data.train_split!r} first")
   for field in ("max_snippets", "max_words", "num_shards", "shuffle_buffer"):
     if not _positive(data[field]):
       bad(field, "a positive integer")

@@ -5,7 +5,7 @@ its (video, query) pairs, which share the decoded features until batching copies
 numpy dicts of FIXED shapes (padded snippets L and words W are the same for every
 batch of a run), so the jitted step never recompiles:
   video (B, L, Dv), narrative (B, L, Dn), video_mask (B, L), word_ids (B, W) int32, query_mask
-  (B, W), start_label / end_label (B,) int32, duration / start_time / end_time (B,) float32,
+  (B, W), start_label / end_label (B,) int32, duration / start_time / end_time (B,) float64,
   pair_index (B,) int32, valid (B,) float32 (0 on padding examples), video_id / query (B,) str.
 Training: shuffled (a fresh order per epoch, derived from the seed and the epoch: shard order, a
 buffer of videos, then a buffer of pairs) and repeated; it can start at any step, so a resumed run
@@ -145,12 +145,29 @@ def _to_numpy(batch: dict) -> dict:
   return out
 
 
+# Fields of config.data that change what the records contain: a run must use records built with
+# the same values.
+RECORD_FIELDS = ("pooling", "max_snippets", "max_words", "bad_records", "strict")
+
+
+def check_built_with(records_dir: str, meta: dict, data_config) -> None:
+  """Refuses records built with other record-shaping settings than `data_config` has."""
+  built = meta.get("config", {}).get("data", {})
+  for field in RECORD_FIELDS:
+    if field in built and field in data_config and built[field] != data_config[field]:
+      raise InputError(f"the records in {records_dir} were built with data.{field}="
+                       f"{built[field]!r} but this config has {data_config[field]!r}: rebuild them "
+                       f"with python -m data_prep.build_records, or use the config they were "
+                       f"built with")
+
+
 class Records:
   """The record set of one config: split sizes, padded lengths and batch iterators."""
 
   def __init__(self, records_dir: str, data_config):
     self.records_dir = records_dir
     self.meta = load_meta(records_dir)
+    check_built_with(records_dir, self.meta, data_config)
     self.length, self.words = padded_lengths(data_config, self.meta)
     self.shuffle_buffer = data_config.get("shuffle_buffer", 4096)
 

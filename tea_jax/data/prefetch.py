@@ -9,6 +9,7 @@ import queue
 import threading
 
 import jax
+import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -23,11 +24,16 @@ def to_device(batch: dict, mesh, whole: bool = False) -> dict:
   """The jit inputs of a host batch, as global arrays sharded over `data` (multi-host safe).
 
   Training: each process holds its own slice of the global batch. Evaluation (`whole`): every
-  process reads the same full batch and contributes the rows its devices hold.
+  process reads the same full batch and contributes the rows its devices hold. Seconds are float64
+  on the host (metrics) and float32 on the device (the losses compute in float32, as EMB does).
   """
   sharding = NamedSharding(mesh, P("data"))
+
+  def host(value):
+    return value.astype(np.float32) if value.dtype == np.float64 else value
+
   return {k: jax.make_array_from_process_local_data(
-      sharding, batch[k], global_shape=batch[k].shape if whole else None)
+      sharding, host(batch[k]), global_shape=batch[k].shape if whole else None)
           for k in DEVICE_KEYS if k in batch}
 
 
