@@ -105,6 +105,18 @@ def build_blip2(seed: int = 0):
   return model.eval(), processor
 
 
+def spread_weights(model, std: float = 0.2, seed: int = 0):
+  """Redraws every weight matrix from N(0, std^2): at the default initialisation (std 0.02) a tiny
+  model's greedy tokens barely depend on the image, the prompt or the position, so a test that
+  compares two decoders would pass even with a wrong mask or position; at 0.2 they do depend."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for param in model.parameters():
+      if param.dim() >= 2:
+        param.copy_(torch.randn(param.shape, generator=generator) * std)
+  return model
+
+
 def save(model, processor, out_dir: str) -> str:
   """Writes a Hugging Face model directory that from_pretrained(out_dir) loads."""
   os.makedirs(out_dir, exist_ok=True)
