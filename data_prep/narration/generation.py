@@ -1,5 +1,5 @@
-"""Greedy captioning at the speed of the card: a static KV cache, the decode step replayed from a CUDA
-graph, optional regional torch.compile, and per-frame EOS stopping.
+"""Greedy captioning at the speed of the card: a static KV cache, the decode step replayed from a
+CUDA graph, optional regional torch.compile, and per-frame EOS stopping.
 
 `model.generate` re-concatenates its dynamic cache at every step, pays Python launch overhead for
 each of the ~1000 kernels of a step and synchronises with the host once per token. Here the keys and
