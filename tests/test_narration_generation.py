@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
 
 from data_prep.narration import generation
 from data_prep.narration.generation import GreedyDecoder
@@ -15,12 +16,7 @@ from data_prep.narration.narrators import Blip2Narrator, LlavaNarrator
 from data_prep.testing import random_mllm
 
 MAX_NEW = 14
-# Prompts of different lengths: the batch is left-padded by different amounts per row.
-TEXTS = ["USER: <image>\nthis ASSISTANT:",
-         "USER: <image>\n" + "a person is standing in the kitchen . " * 3 + "ASSISTANT:",
-         "USER: <image> ASSISTANT:", "USER: <image>\nroom ASSISTANT:",
-         "USER: <image>\ndoor opens ASSISTANT:", "USER: <image>\nman woman table ASSISTANT:"]
-
+TEXTS = random_mllm.VARIED_PROMPTS
 
 def images(count: int, seed: int = 0) -> list:
   rng = np.random.default_rng(seed)
@@ -99,11 +95,13 @@ def test_batches_of_other_sizes_reuse_the_decoder(pad_batches):
   model, inputs, config, echoed = build("llava", seed=2)
   set_frequent_eos(model, inputs, config, echoed)
   decoder = GreedyDecoder(model, MAX_NEW, pad_batches=pad_batches)
-  cached = []
+  cached, results = [], []
   for rows in (slice(0, 6), slice(1, 4), slice(2, 6), slice(0, 6)):
     part = {k: v[rows] for k, v in inputs.items()}
-    assert torch.equal(decoder.generate(part), reference(model, part, echoed)), rows
+    results.append((decoder.generate(part), reference(model, part, echoed)))
+    assert torch.equal(*results[-1]), rows
     cached.append(decoder.state.batch)
+  assert all(torch.equal(got, expected) for got, expected in results)  # none overwritten later
   # Padded batches keep one cache of the largest batch; unpadded ones follow the batch size.
   assert cached == ([6, 6, 6, 6] if pad_batches else [6, 3, 4, 6])
 
@@ -201,3 +199,15 @@ def test_auto_batch_size_reads_the_devices_free_memory(monkeypatch):
   monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 9 * per_frame)
   monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * per_frame)
   assert narrator.auto_batch_size() == 32
+
+
+def test_encoder_decoder_language_models_are_left_to_generate():
+  config = Blip2Config(
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, image_size=32, patch_size=8),
+      qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, encoder_hidden_size=32, vocab_size=64),
+      text_config=T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=4, vocab_size=64, d_kv=8),
+      num_query_tokens=4)
+  with pytest.raises(ValueError, match="encoder-decoder"):  # BLIP-2 with Flan-T5
+    GreedyDecoder(Blip2ForConditionalGeneration(config), MAX_NEW)

@@ -112,6 +112,9 @@ class ModelAdapter:
   forward takes pixel values with the prompt and plain input ids afterwards."""
 
   def __init__(self, model):
+    if model.config.get_text_config(decoder=True).is_encoder_decoder or getattr(
+        model.config, "use_decoder_only_language_model", True) is False:
+      raise ValueError("the language model is an encoder-decoder (e.g. BLIP-2 with Flan-T5)")
     self.model = model
     self.text_module = self._text_module()  # called by decode steps: input ids -> logits
     self.cache_kw = cache_argument(self.text_module)
@@ -202,6 +205,11 @@ def compile_regions(module, backend: str = "inductor") -> int:
   """torch.compile each decoder layer's MLP and norms in place (attention, whose cache writes are
   ours, stays eager); returns how many modules were compiled. Every layer shares one compiled
   graph per input shape, so the compile cost does not grow with depth."""
+  # Every compiled module shares one dynamo cache (Module._call_impl's code): each region kind,
+  # input shape (prefill, decode) and batch size is one entry, beyond the default limit of 8 as
+  # soon as a process sees a few batch sizes; past the limit dynamo would quietly run eagerly.
+  dynamo_config = torch._dynamo.config  # pylint: disable=protected-access
+  dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 256)
   compiled = 0
   for layer in decoder_layers(module):
     for name, child in layer.named_children():
@@ -444,7 +452,7 @@ class GreedyDecoder:
 
   def _trim(self, tokens: torch.Tensor) -> torch.Tensor:
     """Cuts the columns after the step at which the last row ended, as generate() stops there."""
-    tokens = tokens.cpu()
+    tokens = tokens.to("cpu", copy=True)  # not a view of the buffer the next batch overwrites
     if not self.eos or tokens.shape[1] == 0:
       return tokens
     ended = torch.isin(tokens, torch.tensor(self.eos))  # (B, n)

@@ -140,11 +140,16 @@ class Narrator:
           torch.cuda.empty_cache()
     return texts
 
-  @torch.inference_mode()
-  def _generate(self, inputs) -> list[str]:
+  def to_device(self, inputs):
+    """Prepared inputs on the model's device, pixel values in its dtype."""
     inputs = inputs.to(self.device)
     if "pixel_values" in inputs:
       inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+    return inputs
+
+  @torch.inference_mode()
+  def _generate(self, inputs) -> list[str]:
+    inputs = self.to_device(inputs)
     if self.decoder is not None:
       new_tokens = self.decoder.generate(inputs)
     else:

@@ -21,6 +21,13 @@ WORDS = sorted(set((PAPER_PROMPT + " USER: ASSISTANT: a person is standing in th
                     "holding cup door opens room man woman table").replace(".", " .")
                    .replace(",", " ,").split()))
 
+# LLaVA prompts of different lengths: a batch of them is left-padded by a different amount per row.
+VARIED_PROMPTS = ["USER: <image>\nthis ASSISTANT:",
+                  "USER: <image>\n" + "a person is standing in the kitchen . " * 3 + "ASSISTANT:",
+                  "USER: <image> ASSISTANT:", "USER: <image>\nroom ASSISTANT:",
+                  "USER: <image>\ndoor opens ASSISTANT:",
+                  "USER: <image>\nman woman table ASSISTANT:"]
+
 # Language and vision sizes of the released LLaVA-1.5 checkpoints (CLIP ViT-L/14-336 + Vicuna).
 ARCHITECTURES = {
     "tiny": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
