@@ -50,6 +50,7 @@ GIB = 1 << 30
 
 
 def parse_args():
+  """The benchmark's flags."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--model", help="local LLaVA model directory (default: random weights)")
   parser.add_argument("--architecture", default="tiny", choices=sorted(random_mllm.ARCHITECTURES))
@@ -72,6 +73,7 @@ def parse_args():
 
 
 def sync(device) -> None:
+  """Waits for the device's queued work (timings on CUDA)."""
   if device.type == "cuda":
     torch.cuda.synchronize(device)
 
@@ -89,6 +91,7 @@ def check_fast_path(device: torch.device, compile_regions: bool) -> None:
   echoed, config = inputs["input_ids"].shape[1], model.generation_config
 
   def reference():
+    """model.generate's new tokens for the check's inputs."""
     with torch.inference_mode():
       return model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=16)[:, echoed:]
 
@@ -135,6 +138,7 @@ def batches_of(narrator, images, batch: int, frames: int) -> list:
 
 
 def reset_peak(device) -> None:
+  """Starts a new peak-memory measurement."""
   if device.type == "cuda":
     torch.cuda.reset_peak_memory_stats(device)
 
@@ -166,6 +170,7 @@ def time_generate(narrator, batches, new_tokens: int) -> dict:
   model = narrator.model
 
   def run(inputs, tokens):
+    """model.generate's new tokens, `tokens` of them, synchronised."""
     out = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=tokens,
                          min_new_tokens=tokens)
     sync(narrator.device)
@@ -207,6 +212,7 @@ def measure(path: str, narrator, images, batch: int, args) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
+  """The rows as a markdown table, both paths of a batch size together."""
   generate_tokens = {r["batch"]: r.get("tokens") for r in rows if r["path"] == "generate"}
   print("| path | batch | frames/s | prefill s | decode ms/step | warm-up s | peak GiB | "
         "= generate | note |")
@@ -226,6 +232,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main():
+  """Check, model-only rows, then the end-to-end pipeline."""
   args = parse_args()
   fast, slow = build_narrators(args)
   print(f"model={args.model or args.architecture} device={fast.device} dtype={fast.dtype} "

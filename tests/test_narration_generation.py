@@ -2,6 +2,7 @@
 same tokens with left padding, early EOS at different steps, min_new_tokens, batches reused and
 padded, eager attention, compiled regions; the memory-based batch size worked by hand."""
 
+import contextlib
 import logging
 
 import numpy as np
@@ -104,6 +105,39 @@ def test_batches_of_other_sizes_reuse_the_decoder(pad_batches):
   assert all(torch.equal(got, expected) for got, expected in results)  # none overwritten later
   # Padded batches keep one cache of the largest batch; unpadded ones follow the batch size.
   assert cached == ([6, 6, 6, 6] if pad_batches else [6, 3, 4, 6])
+
+
+def test_graph_capture_warm_up_is_undone(monkeypatch):
+  # CUDA graphs need a GPU; here the capture machinery is replaced by stand-ins that run the step
+  # eagerly, which checks what a CPU can: the warm-up steps before a capture (and the captured
+  # step itself, which a real capture records without running) leave no trace in the tokens.
+  model, inputs, config, echoed = build("llava", seed=8)
+  set_frequent_eos(model, inputs, config, echoed)
+  expected = reference(model, inputs, echoed)
+  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=True, check_every=4)  # as on CUDA
+  replays = []
+
+  class StandInGraph:
+    def replay(self):
+      replays.append(decoder.state.step.item())
+      decoder._decode_step(decoder.state)  # pylint: disable=protected-access
+
+  class StandInStream:
+    def wait_stream(self, other):
+      del other
+
+  monkeypatch.setattr(torch.cuda, "CUDAGraph", StandInGraph)
+  monkeypatch.setattr(torch.cuda, "graph", lambda graph, **kw: contextlib.nullcontext())
+  monkeypatch.setattr(torch.cuda, "Stream", StandInStream)
+  monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: StandInStream())
+  monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+  decoder.cuda_graphs = True
+  assert torch.equal(decoder.generate(inputs), expected)
+  assert replays[:3] == [1, 2, 3]  # the replays start at the first decode step, in order
+  replays.clear()
+  part = {k: v[:4] for k, v in inputs.items()}
+  assert torch.equal(decoder.generate(part), reference(model, part, echoed))
+  assert replays and decoder.state.batch == 6  # the graph's batch, padded
 
 
 def test_pad_id_defaults_to_eos_and_eager_attention():

@@ -32,6 +32,7 @@ from data_prep.narration.pipeline import (check_settings, narrate, read_video_id
 
 
 def _narrate_parser() -> argparse.ArgumentParser:
+  """The narrate command's flags."""
   parser = argparse.ArgumentParser(prog="python -m data_prep.narrate",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--videos", required=True, help="folder of <video_id>.mp4/.mkv/.webm")
@@ -63,6 +64,7 @@ def _narrate_parser() -> argparse.ArgumentParser:
 
 
 def _batch_size(value: str) -> int | None:
+  """--batch-size as a number, or None for auto."""
   if value == "auto":
     return None
   try:
@@ -75,6 +77,7 @@ def _batch_size(value: str) -> int | None:
 
 
 def _narrate_main(argv) -> int:
+  """The narrate command: checks the flags, then narrates on one device or all."""
   args = _narrate_parser().parse_args(argv)
   batch_size = _batch_size(args.batch_size)
   check_settings(args.interval, batch_size, args.decode_workers)
@@ -88,6 +91,8 @@ def _narrate_main(argv) -> int:
                      "max_new_tokens": args.max_new_tokens,
                      "fast": args.generation == "fast", "compile": False if args.no_compile
                      else None}
+  if args.devices and args.device != "auto":
+    raise BadInput("give either --device (one device) or --devices (one worker per device)")
   if args.devices:
     from data_prep.narration import devices  # pylint: disable=import-outside-toplevel
     summary = devices.narrate_on_devices(
@@ -104,6 +109,7 @@ def _narrate_main(argv) -> int:
 
 
 def _merge_main(argv) -> int:
+  """The merge command."""
   parser = argparse.ArgumentParser(prog="python -m data_prep.narrate merge",
                                    description="Join shard outputs; check completeness.")
   parser.add_argument("shards", nargs="+")

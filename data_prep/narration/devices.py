@@ -43,6 +43,7 @@ def part_path(out: str, index: int, count: int) -> str:
 
 
 def _leftover_parts(out: str) -> list[str]:
+  """Part files of any device count left beside `out` by an earlier run."""
   stem, ext = os.path.splitext(out)
   return sorted(glob.glob(f"{glob.escape(stem)}.part[0-9][0-9][0-9]-of-[0-9][0-9][0-9]"
                           f"{glob.escape(ext or '.jsonl')}"))

@@ -66,8 +66,10 @@ class StaticKVCache:
     self.keys: list[torch.Tensor | None] = []
     self.values: list[torch.Tensor | None] = []
     self.position = torch.zeros((), dtype=torch.long, device=device)
+    self.prefilling = False  # set by the decoder around the prompt's forward
 
   def _allocate(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
+    """The buffers of one layer, shaped after its first keys and values."""
     while len(self.keys) <= layer:
       self.keys.append(None)
       self.values.append(None)
@@ -81,8 +83,8 @@ class StaticKVCache:
     del args, kwargs  # cache_position and rotary tensors of some versions: the position is ours
     if layer_idx >= len(self.keys) or self.keys[layer_idx] is None:
       self._allocate(layer_idx, key, value)
-    n = key.shape[-2]
-    if n > 1:  # the prompt: written at [0, n), attended alone
+    if self.prefilling:  # the prompt: written at [0, n), attended alone
+      n = key.shape[-2]
       self.keys[layer_idx][:, :, :n].copy_(key)
       self.values[layer_idx][:, :, :n].copy_(value)
       return key, value
@@ -94,14 +96,17 @@ class StaticKVCache:
   # The prompt's mask is built by the model's own code (as in generate), which asks the cache these
   # questions; decode steps bring their own 4D mask and ask nothing. Python ints: no host sync.
   def get_seq_length(self, layer_idx: int = 0) -> int:
+    """Tokens already cached, as models ask before computing positions."""
     del layer_idx
     return 0  # positions are always given explicitly; 0 places the prompt at the start
 
   def get_query_offset(self, layer_idx: int = 0) -> int:
+    """The prompt's first query position."""
     del layer_idx
     return 0
 
   def get_mask_sizes(self, query, layer_idx: int = 0) -> tuple[int, int]:
+    """(key length, key offset) of the prompt's mask: its own keys alone."""
     del layer_idx
     length = query if isinstance(query, int) else query.shape[-1]
     return length, 0
@@ -120,13 +125,16 @@ class ModelAdapter:
     self.cache_kw = cache_argument(self.text_module)
 
   def _text_module(self):
+    """The module decode steps call."""
     return self.model
 
   @property
   def generation_config(self):
+    """The generation config generate() would use."""
     return self.model.generation_config
 
   def prompt_ids(self, inputs) -> torch.Tensor:
+    """The prompt's token ids (B, L) that generate() would start from."""
     return inputs["input_ids"]
 
   def prefill(self, inputs, mask2d, position_ids, cache) -> torch.Tensor:
@@ -148,13 +156,16 @@ class Blip2Adapter(ModelAdapter):
   Blip2ForConditionalGeneration.generate builds them; then its language model alone."""
 
   def _text_module(self):
+    """The module decode steps call."""
     return self.model.language_model
 
   @property
   def generation_config(self):
+    """The generation config generate() would use."""
     return self.model.language_model.generation_config  # the one generate() really uses
 
   def prompt_ids(self, inputs) -> torch.Tensor:
+    """The prompt's token ids (B, L) that generate() would start from."""
     if inputs.get("input_ids") is not None:
       return inputs["input_ids"]
     config = self.model.config
@@ -163,6 +174,7 @@ class Blip2Adapter(ModelAdapter):
     return torch.tensor([start], device=inputs["pixel_values"].device).repeat(batch, 1)
 
   def prefill(self, inputs, mask2d, position_ids, cache) -> torch.Tensor:
+    """Logits (B, V) of the prompt's last position, keys and values written to `cache`."""
     model = self.model
     image_embeds = model.vision_model(inputs["pixel_values"], return_dict=True).last_hidden_state
     image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
@@ -306,6 +318,7 @@ class GreedyDecoder:
       torch.cuda.empty_cache()
 
   def _state_for(self, batch: int, length: int) -> _BatchState:
+    """The batch state for `batch` rows of `length` tokens: reused, or allocated anew."""
     state = self.state
     if state is not None and state.length >= length and (
         state.batch == batch or (self.pad_batches and state.batch > batch)):
@@ -339,11 +352,13 @@ class GreedyDecoder:
     return tokens
 
   def _generate(self, inputs) -> torch.Tensor:
+    """generate() on the model's device."""
     with (torch.cuda.device(self.device) if self.device.type == "cuda"
           else contextlib.nullcontext()):  # graphs replay on the current device's stream
       return self._generate_on_device(inputs)
 
   def _generate_on_device(self, inputs) -> torch.Tensor:
+    """Prefill, decode and trim one batch."""
     self._read_config()
     inputs = {k: v.to(self.device) for k, v in inputs.items() if v is not None}
     prompt = self.adapter.prompt_ids(inputs)
@@ -364,6 +379,7 @@ class GreedyDecoder:
 
   @contextlib.contextmanager
   def _timed(self, name: str):
+    """Times the block into `timings[name]` (synchronised when measuring)."""
     if self.measure and self.device.type == "cuda":
       torch.cuda.synchronize(self.device)
     start = time.perf_counter()
@@ -373,6 +389,7 @@ class GreedyDecoder:
     self.timings[name] = time.perf_counter() - start
 
   def _reset(self, state: _BatchState, mask: torch.Tensor) -> None:
+    """Readies the state's buffers for a new batch with prompt mask `mask` (B, L)."""
     length = mask.shape[1]
     state.keep[:, :length].copy_(mask.bool())
     state.keep[:, length:] = True  # generated tokens are always attended, as in generate
@@ -385,7 +402,11 @@ class GreedyDecoder:
     """The prompt through the model (keys and values cached) and the first token chosen."""
     # generate()'s positions: left padding does not shift a row's tokens.
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    logits = self.adapter.prefill(inputs, mask, positions, state.cache)
+    state.cache.prefilling = True
+    try:
+      logits = self.adapter.prefill(inputs, mask, positions, state.cache)
+    finally:
+      state.cache.prefilling = False
     self._choose(state, logits)
     state.positions.copy_(positions[:, -1:] + 1)
     state.cache.position.fill_(mask.shape[1])
@@ -444,7 +465,9 @@ class GreedyDecoder:
         self._decode_step(state)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # thread_local: the pipeline's other threads (decoding, preprocessing) may call CUDA-safe
+    # host APIs meanwhile; only this thread's calls must be capturable.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
       self._decode_step(state)
     for buffer, value in zip(state.small_buffers(), saved):
       buffer.copy_(value)

@@ -29,6 +29,7 @@ log = logging.getLogger("narrate")
 
 
 def normalise_whitespace(text: str) -> str:
+  """`text` with runs of whitespace made single spaces, ends stripped."""
   return re.sub(r"\s+", " ", text).strip()
 
 
@@ -85,6 +86,7 @@ class Narrator:
         log.warning("%s: decoding with model.generate: %s", self.name, e)
 
   def prompt_text(self) -> str | None:
+    """The text prompt of every frame (None: the model's own start)."""
     return None
 
   def prepare(self, images):
@@ -149,6 +151,7 @@ class Narrator:
 
   @torch.inference_mode()
   def _generate(self, inputs) -> list[str]:
+    """Captions of one batch that fits the device."""
     inputs = self.to_device(inputs)
     if self.decoder is not None:
       new_tokens = self.decoder.generate(inputs)
@@ -174,6 +177,7 @@ class LlavaNarrator(Narrator):
   name = "llava"
 
   def prompt_text(self) -> str:
+    """The text prompt of every frame (None: the model's own start)."""
     return f"USER: <image>\n{self.prompt or PAPER_PROMPT} ASSISTANT:"
 
 
@@ -184,6 +188,7 @@ class Blip2Narrator(Narrator):
   name = "blip2"
 
   def prompt_text(self) -> None:
+    """The text prompt of every frame (None: the model's own start)."""
     return None
 
 

@@ -19,6 +19,7 @@ _LISTED = 10
 
 
 def failures_path(out: str) -> str:
+  """The failures file of output `out`."""
   return out + ".failures.jsonl"
 
 
@@ -39,6 +40,7 @@ def record_problem(line: bytes) -> tuple[str | None, str | None]:
 
 
 def _listing(problems: list[str]) -> str:
+  """The first problems, then how many more."""
   more = f" (and {len(problems) - _LISTED} more)" if len(problems) > _LISTED else ""
   return "; ".join(problems[:_LISTED]) + more
 
@@ -98,6 +100,7 @@ class FailureLog:
     self.failed = read_failures(path)
 
   def record(self, video_id: str, reason: str) -> None:
+    """Records (or replaces) the failure of `video_id`."""
     self.failed[video_id] = reason
     self._save()
 
@@ -115,6 +118,7 @@ class FailureLog:
     self._save()
 
   def _save(self) -> None:
+    """Rewrites the file atomically, sorted by video id."""
     lines = [json.dumps({"video_id": vid, "reason": reason}, ensure_ascii=False) + "\n"
              for vid, reason in sorted(self.failed.items())]
     if lines or os.path.exists(self.path):
@@ -132,6 +136,7 @@ class LineWriter:
       raise BadInput(f"cannot write the output {path}: {e}") from e
 
   def write(self, record: dict) -> None:
+    """Appends `record` as one line, on disk when this returns."""
     self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
     self.f.flush()
     os.fsync(self.f.fileno())

@@ -59,6 +59,7 @@ def read_video_ids(path: str) -> list[str]:
 
 
 def shard_path(out: str, num_shards: int, shard_index: int) -> str:
+  """The output file of shard `shard_index` of `num_shards`."""
   if num_shards == 1:
     return out
   stem, ext = os.path.splitext(out)
@@ -101,6 +102,7 @@ class FrameSource:
     return False
 
   def _produce(self) -> None:
+    """One decoding thread: videos from the shared list until none is left."""
     while not self.stop.is_set():
       with self._lock:
         item = next(self._videos, None)
@@ -120,6 +122,7 @@ class FrameSource:
     self._put(None)
 
   def __iter__(self):
+    """The decoded items until every thread has finished."""
     live = len(self.threads)
     while live:
       item = self.frames.get()
@@ -176,13 +179,16 @@ class VideoWriter:
     self.written = self.failed = 0
 
   def add_frame(self, vid: str) -> None:
+    """Counts a frame of `vid` that awaits its caption."""
     self.pending[vid] += 1
 
   def end(self, vid: str, error: str | None) -> None:
+    """Notes that `vid`'s decoding ended (with `error` or None)."""
     self.ended[vid] = error
     self.flush()
 
   def captioned(self, items: list, texts: list[str]) -> None:
+    """Takes the captions of a batch's frames."""
     for (vid, t, _), text in zip(items, texts):
       self.captions[vid].append((t, text))
       self.pending[vid] -= 1
@@ -239,6 +245,7 @@ def narrate(narrator, videos: list[tuple[str, str]], out: str, interval: float =
   started, frames = time.time(), 0
 
   def report(result) -> None:
+    """Hands a captioned batch to the writer; updates progress."""
     nonlocal frames
     if result is None:
       return
@@ -281,3 +288,10 @@ def _batch_frames(source: FrameSource, writer: VideoWriter, captioner: Captioner
     report(captioner.submit(batch))
   report(captioner.drain())
   writer.flush()
+
+
+def main(argv=None) -> int:
+  """The narrate command (data_prep/narration/cli.py), also reachable here for the console entry
+  point `tea-narrate = data_prep.narration.pipeline:main`."""
+  from data_prep.narration import cli  # pylint: disable=import-outside-toplevel
+  return cli.main(argv)
