@@ -25,7 +25,7 @@ says nothing; the float32 check above is the test).
 
 With --end-to-end it also times `data_prep.narrate`'s pipeline (PyAV decoding threads, image
 preprocessing one batch ahead, generation, fsync'ed output lines) on generated 640x480 30 fps
-videos at the first batch size (auto by default): decoding and preprocessing are hidden when its
+videos at the batch size the command picks (auto): decoding and preprocessing are hidden when its
 frames/s approach the model-only figure of that batch size.
 """
 
@@ -240,9 +240,12 @@ def main():
         f"transformers={__import__('transformers').__version__}"
         + (f" ({torch.cuda.get_device_name(fast.device)})" if fast.device.type == "cuda" else ""))
   check_fast_path(fast.device, not args.no_compile)
-  sizes = [fast.auto_batch_size() if b == "auto" else int(b) for b in args.batch_sizes.split(",")]
+  auto = fast.auto_batch_size()
+  sizes = [auto if b == "auto" else int(b) for b in args.batch_sizes.split(",")]
+  if args.end_to_end:
+    sizes.append(auto)  # the end-to-end run uses the command's choice: its model-only figure
   sizes = list(dict.fromkeys(sizes))
-  print(f"batch sizes {sizes} ({args.batch_sizes}); prompt "
+  print(f"batch sizes {sizes} ({args.batch_sizes}; auto = {auto}); prompt "
         f"{fast.prepare([Image.new('RGB', (64, 64))])['input_ids'].shape[1]} tokens")
   rng = np.random.default_rng(0)
   images = [Image.fromarray(rng.integers(0, 255, (336, 448, 3), dtype=np.uint8))
@@ -260,7 +263,7 @@ def main():
   print_table(rows)
   if args.end_to_end:
     model_only = {r["batch"]: r.get("fps") for r in rows if r["path"] == "fast"}
-    end_to_end(fast, args, sizes[0], model_only.get(sizes[0]))
+    end_to_end(fast, args, auto, model_only.get(auto))
 
 
 # PyAV (av) is imported only by the end-to-end mode: the model-only figures need no video library.
