@@ -32,6 +32,16 @@ def videos(tmp_path):
   return folder
 
 
+def test_a_worker_sees_only_its_gpu(monkeypatch):
+  monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+  assert devices._see_only("cuda:2") == "cuda:0"  # pylint: disable=protected-access
+  assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6,7")  # numbers relative to what was visible
+  assert devices._see_only("cuda:1") == "cuda:0"  # pylint: disable=protected-access
+  assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+  assert devices._see_only("cpu") == "cpu"  # pylint: disable=protected-access
+
+
 def test_parse_devices():
   assert devices.parse_devices("0,2") == ["cuda:0", "cuda:2"]
   assert devices.parse_devices("cpu,cpu") == ["cpu", "cpu"]

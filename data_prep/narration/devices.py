@@ -49,14 +49,28 @@ def _leftover_parts(out: str) -> list[str]:
                           f"{glob.escape(ext or '.jsonl')}"))
 
 
+def _see_only(device: str) -> str:
+  """Makes `device` (cuda:k) the only GPU this fresh process sees, before CUDA starts: calls that
+  name no device (synchronize, empty_cache) would otherwise open a context on GPU 0 in every
+  worker. Returns the device's name inside the process."""
+  if not device.startswith("cuda:"):
+    return device
+  index = int(device.split(":")[1])
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  ids = visible.split(",") if visible else [str(k) for k in range(index + 1)]
+  os.environ["CUDA_VISIBLE_DEVICES"] = ids[index].strip()
+  return "cuda:0"
+
+
 def _worker(index: int, device: str, narrator_kwargs: dict, videos, part: str, settings: dict,
             messages) -> None:
   """One device's process: builds its narrator, narrates its videos, reports through
   `messages` (progress, then its summary or its error)."""
   try:
+    local_device = _see_only(device)
     from data_prep.narration.narrators import BACKENDS  # pylint: disable=import-outside-toplevel
     kwargs = dict(narrator_kwargs)
-    narrator = BACKENDS[kwargs.pop("backend")](device=device, **kwargs)
+    narrator = BACKENDS[kwargs.pop("backend")](device=local_device, **kwargs)
     summary = narrate(narrator, videos, part, progress=False,
                       on_progress=lambda n, w, f: messages.put(("progress", index, n, w, f)),
                       **settings)
