@@ -104,13 +104,14 @@ class Narrator:
     if self.device.type != "cuda":
       return 8
     inputs = self.prepare([Image.new("RGB", (64, 64))])
-    if self.decoder is not None:
-      prompt = self.decoder.adapter.prompt_ids(inputs).shape[1]
-    else:
+    try:
       prompt = generation.adapter_for(self.model).prompt_ids(inputs).shape[1]
+      per_frame = generation.frame_bytes(self.model, prompt, self.max_new_tokens)
+    except (ValueError, AttributeError) as e:  # e.g. an encoder-decoder language model
+      log.warning("%s: no memory model for this architecture (%s); batches of 16", self.name, e)
+      return 16
     free, _ = torch.cuda.mem_get_info(self.device)
     free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
-    per_frame = generation.frame_bytes(self.model, prompt, self.max_new_tokens)
     return generation.batch_size_for(free, per_frame, limit)
 
   def generate(self, inputs) -> list[str]:
@@ -177,7 +178,7 @@ class LlavaNarrator(Narrator):
   name = "llava"
 
   def prompt_text(self) -> str:
-    """The text prompt of every frame (None: the model's own start)."""
+    """The paper's prompt in LLaVA-1.5's chat format."""
     return f"USER: <image>\n{self.prompt or PAPER_PROMPT} ASSISTANT:"
 
 
@@ -188,7 +189,7 @@ class Blip2Narrator(Narrator):
   name = "blip2"
 
   def prompt_text(self) -> None:
-    """The text prompt of every frame (None: the model's own start)."""
+    """No prompt: captions continue the image's query tokens and BOS."""
     return None
 
 
