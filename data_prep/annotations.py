@@ -2,9 +2,9 @@
 
 | family | file | record | duration |
 | --- | --- | --- | --- |
-| Charades-STA | charades_sta_{train,test}.txt | `vid start end##sentence` per line | charades.json[vid]["duration"] |
-| Charades-CD | charades_{train,val,test_iid,test_ood}.json | {vid: {timestamps, sentences, video_duration}} | video_duration |
-| Charades-CG, ActivityNet-Captions/-CD/-CG | *.json | {vid: {duration, timestamps, sentences}} | duration |
+| Charades-STA | charades_sta_*.txt | `vid start end##sentence` per line | charades.json duration |
+| Charades-CD | charades_*.json | {vid: {timestamps, sentences, video_duration}} | video_duration |
+| Charades-CG, ActivityNet* | *.json | {vid: {duration, timestamps, sentences}} | duration |
 
 Moments are clipped as EMB clips them: start = max(0, start), end = min(end, duration). Every
 questionable or bad record is reported with its file and line or key. What happens to it depends on

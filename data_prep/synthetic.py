@@ -16,11 +16,11 @@ object parts), so vision alone is ambiguous. Queries describe ONE segment with a
 scene words), and some seconds are mislabelled: the text channel TEA adds is informative but noisy.
 Word vectors give synonyms nearby vectors, as GloVe would.
 
-Splits: `train`; `val` and `test` drawn like train; `test_ood`: moments placed where train never puts them
-(train moments start in the first 60% of a video, ood moments in the last 40%); `novel_word`: queries
-use verb synonyms that never occur in training queries but do occur in training narratives;
-`novel_composition`: (verb, object) pairs never queried in training. Nothing here is tuned to make
-TEA win: the same generator feeds EMB and TEA.
+Splits: `train`; `val` and `test` drawn like train; `test_ood`: moments placed where train never
+puts them (train moments start in the first 60% of a video, ood moments in the last 40%);
+`novel_word`: queries use verb synonyms that never occur in training queries but do occur in
+training narratives; `novel_composition`: (verb, object) pairs never queried in training. Nothing
+here is tuned to make TEA win: the same generator feeds EMB and TEA.
 """
 
 import argparse
@@ -77,7 +77,8 @@ class World:
     """(T = duration, D): background drift + weak action signatures + noise."""
     rng = self.rng
     t = duration
-    drift = np.cumsum(rng.normal(size=(t, self.video_dim)) * 0.3, axis=0) / np.sqrt(np.arange(1, t + 1))[:, None]
+    steps = rng.normal(size=(t, self.video_dim)) * 0.3
+    drift = np.cumsum(steps, axis=0) / np.sqrt(np.arange(1, t + 1))[:, None]
     feats = drift + rng.normal(size=(t, self.video_dim)) * 1.0
     for (verb, obj), start, end in segments:
       strength = rng.uniform(0.35, 0.7)
@@ -89,7 +90,8 @@ def caption(rng: np.random.Generator, verb: str | None, obj: str | None) -> str:
   """A narrator-style caption of one second: synonyms and scene words, sometimes background."""
   scene = " ".join(rng.choice(SCENE_WORDS, size=rng.integers(3, 7)))
   if verb is None:
-    return f"a person is standing in the {rng.choice(['kitchen', 'bedroom', 'hallway'])} . {scene} ."
+    room = rng.choice(["kitchen", "bedroom", "hallway"])
+    return f"a person is standing in the {room} . {scene} ."
   v = rng.choice([verb] + VERBS[verb])
   o = rng.choice([obj] + OBJECTS[obj])
   return f"a person {third_person(v)} the {o} {scene} ."

@@ -63,7 +63,8 @@ def check_layout(workdir: str) -> None:
   """Refuses workdirs of the older layout (a best/ folder and best.json kept by hand)."""
   old = [name for name in _OLD_BEST if os.path.exists(os.path.join(workdir, name))]
   if old:
-    raise CheckpointError(f"workdir {workdir} was written by an older tea_jax ({' and '.join(old)}); "
+    raise CheckpointError(f"workdir {workdir} was written by an older tea_jax "
+                          f"({' and '.join(old)}); "
                      f"train into a new workdir, or evaluate one of its checkpoints in "
                      f"{CHECKPOINT_DIR}/ with --step N")
 

@@ -6,7 +6,8 @@ From a checkpoint to outputs in three lines:
     config, params = inference.load_params("path/to/workdir")
     outputs = inference.forward(config, params, batch)
 
-`params` is the flax variables dict {"params": trainable, "frozen": word vectors + positional table}.
+`params` is the flax variables dict {"params": trainable, "frozen": word vectors and positional
+table}.
 `batch` holds video (B, L, Dv) float32, video_mask (B, L), word_ids (B, W) int32, query_mask (B, W)
 and, when the narrative merge or the paragraph branch is on, narrative (B, L, Dn).
 """
@@ -28,7 +29,7 @@ INPUT_KEYS = ("video", "video_mask", "word_ids", "query_mask", "narrative")
 
 
 def model_config(config: Any) -> ModelConfig:
-  """The ModelConfig of an experiment config (with `.model`), a model ConfigDict or a ModelConfig."""
+  """The ModelConfig of an experiment config (with `.model`), a model ConfigDict, or itself."""
   return ModelConfig.from_config(config)
 
 

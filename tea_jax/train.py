@@ -129,7 +129,6 @@ def _prepare(config, workdir: str):
   # TensorFlow (tf.data) is imported only where records are read, so that the jitted step and
   # bench/train_step.py run where it is not installed (the GPU image has no TensorFlow).
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
-  initialize_distributed(config)
   config_checks.check_experiment(config)
   checkpointing.check_layout(workdir)
   records = Records(data_path(config.data, "records_dir"), config.data)
@@ -213,8 +212,8 @@ def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer,
   thresholds = losses.numpy_threshold_schedule(config.num_epochs)
   bar = tqdm(total=schedule.stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
              disable=not progress)
-  train_log = _TrainLog(writer, schedule, optim.learning_rate_schedule(config, schedule.total_steps),
-                        thresholds, bar, mngr)
+  learning_rate = optim.learning_rate_schedule(config, schedule.total_steps)
+  train_log = _TrainLog(writer, schedule, learning_rate, thresholds, bar, mngr)
   ends = set(schedule.epoch_ends()) | {schedule.stop_at}
   report = periodic_actions.ReportProgress(num_train_steps=schedule.stop_at, writer=writer,
                                            every_steps=config.log_every_steps, every_secs=None)
@@ -250,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from workdir), keeps the latest and the best checkpoints, then evaluates the
   best one on every configured split (metrics.json, predictions_<split>.jsonl). One run per
   workdir: a second one is refused while the first holds the workdir's lock."""
+  initialize_distributed(config)  # first: process 0 alone takes the lock
   with locked(workdir, "training") if is_primary() else contextlib.nullcontext():
     return _train_and_evaluate(config, workdir, progress)
 

@@ -14,9 +14,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, tiny_train_config
 
-from configs import demo
 from data_prep import synthetic
 from data_prep.build_records import build_records
 from tea_jax import checkpointing, cli, evaluate, train
@@ -38,21 +37,15 @@ for name in ("replace", "rename"):
       os.kill(os.getpid(), signal.SIGKILL)
     return result
   setattr(os, name, commit)
-from tests.test_faults import tiny_config
+from test_faults import tiny_config
 from tea_jax import train
 train.train_and_evaluate(tiny_config(root), workdir, progress=False)
 """
 
 
 def tiny_config(root, **overrides):
-  config = demo.get_config()
-  config.unlock()
-  config.data.root = str(root)
-  config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
-  config.update(batch_size=8, eval_batch_size=8, num_epochs=3, log_every_steps=1)
-  config.data.eval_splits = ("test",)
-  config.update(overrides)
-  return config
+  """Three epochs, so that a checkpoint save deletes an older one (two kept plus the best)."""
+  return tiny_train_config(root, **{"num_epochs": 3, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -209,9 +202,10 @@ def test_a_bad_config_is_one_line_naming_the_field(tmp_path, override, field, al
 def test_divergence_names_a_checkpoint_that_exists(data_root, epoch, tmp_path):
   workdir = tmp_path / "nan"
   train.train_and_evaluate(tiny_config(data_root, max_steps=epoch), str(workdir), progress=False)
-  with pytest.raises(train.TrainingDiverged, match=rf"the last checkpoint \(step {epoch}\) is kept"):
-    train.train_and_evaluate(tiny_config(data_root, **{"optimizer.learning_rate": 1e30}),
-                             str(workdir), progress=False)
+  config = tiny_config(data_root)
+  config.optimizer.learning_rate = 1e30  # the first update overflows the parameters
+  with pytest.raises(train.TrainingDiverged, match=rf"last checkpoint \(step {epoch}\) is kept"):
+    train.train_and_evaluate(config, str(workdir), progress=False)
 
 
 def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(capsys):

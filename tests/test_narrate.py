@@ -16,12 +16,6 @@ from data_prep.narration.narrators import PAPER_PROMPT, Blip2Narrator, LlavaNarr
 
 
 @pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-  model, processor = random_mllm.build_llava("tiny")
-  return random_mllm.save(model, processor, str(tmp_path_factory.mktemp("llava")))
-
-
-@pytest.fixture(scope="module")
 def narrator(llava_dir):
   return LlavaNarrator(llava_dir, device="cpu", max_new_tokens=6)
 

@@ -11,14 +11,7 @@ import pytest
 
 from data_prep.narration import cli, narrators, pipeline
 from data_prep.narration.narrators import LlavaNarrator
-from data_prep.testing import random_mllm
 from data_prep.testing.videos import write_test_video
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-  model, processor = random_mllm.build_llava("tiny")
-  return random_mllm.save(model, processor, str(tmp_path_factory.mktemp("llava")))
 
 
 @pytest.fixture(scope="module")

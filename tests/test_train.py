@@ -10,9 +10,8 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, tiny_train_config
 
-from configs import demo
 from data_prep import synthetic
 from data_prep.build_records import build_records
 from tea_jax import checkpointing, evaluate, train
@@ -20,22 +19,13 @@ from tea_jax.data.prefetch import prefetch_to_device
 from tea_jax.mesh import make_mesh
 
 
-def tiny_config(root, **overrides):
-  config = demo.get_config()
-  config.unlock()
-  config.data.root = str(root)
-  config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
-  config.update(batch_size=8, eval_batch_size=8, num_epochs=2, log_every_steps=1)
-  config.data.eval_splits = ("test",)
-  config.update(overrides)
-  return config
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
   root = tmp_path_factory.mktemp("train_data")
   synthetic.generate(str(root), videos=24, seed=1, video_dim=256, word_dim=50)
-  build_records(tiny_config(root), progress=False)
+  build_records(tiny_train_config(root), progress=False)
   return root
 
 
@@ -98,13 +88,13 @@ def final_params(workdir):
 
 def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
   straight = tmp_path / "straight"
-  result = train.train_and_evaluate(tiny_config(data_root), str(straight), progress=False)
+  result = train.train_and_evaluate(tiny_train_config(data_root), str(straight), progress=False)
   total = result["step"]
   interrupted = tmp_path / "interrupted"
-  partial = train.train_and_evaluate(tiny_config(data_root, max_steps=3), str(interrupted),
+  partial = train.train_and_evaluate(tiny_train_config(data_root, max_steps=3), str(interrupted),
                                      progress=False)
   assert partial["step"] == 3 and "metrics" not in partial
-  resumed = train.train_and_evaluate(tiny_config(data_root), str(interrupted), progress=False)
+  resumed = train.train_and_evaluate(tiny_train_config(data_root), str(interrupted), progress=False)
   assert resumed["step"] == total
   for a, b in zip(final_params(str(straight)), final_params(str(interrupted)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -125,12 +115,12 @@ def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
   assert best[checkpointing.SELECTION] == best["r1_sum_miou"]
   assert all(best[checkpointing.SELECTION] >= m[checkpointing.SELECTION] for m in evaluated.values())
   # Evaluation from the checkpoint alone reproduces the final metrics.
-  again = evaluate.evaluate_checkpoint(tiny_config(data_root), str(straight), progress=False)
+  again = evaluate.evaluate_checkpoint(tiny_train_config(data_root), str(straight), progress=False)
   assert again["test"] == metrics["splits"]["test"]
 
 
 def test_nan_loss_stops_with_a_clear_error(data_root, tmp_path):
-  config = tiny_config(data_root)
+  config = tiny_train_config(data_root)
   config.optimizer.learning_rate = 1e30  # the first update overflows the parameters
   with pytest.raises(train.TrainingDiverged, match="no checkpoint was written"):
     train.train_and_evaluate(config, str(tmp_path / "nan"), progress=False)

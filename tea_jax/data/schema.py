@@ -2,7 +2,8 @@
 tensorflow-datasets FeaturesDict.
 
 One record per video stores a video's features once however many queries it has (ActivityNet-CD
-train has 10,984 videos for 51,415 pairs); the reader (tea_jax.data.input_pipeline) expands each record into its (video, query) pairs.
+train has 10,984 videos for 51,415 pairs); the reader (tea_jax.data.input_pipeline) expands each
+record into its (video, query) pairs.
 
 tensorflow-datasets serves three purposes here: the schema is declared once and shared by the
 writer (data_prep.build_records) and the reader (tea_jax.data.input_pipeline); `serialize_example`
