@@ -313,3 +313,26 @@ def test_bad_inputs_are_one_line_errors(world, tmp_path, capsys):
   for video in (broken, short):  # nothing was cached for a video that failed
     assert not (world["cache"] / (video.name + video_inputs.CACHE_SUFFIX)).exists()
 
+
+def test_synthetic_videos_show_the_annotated_actions(tmp_path):
+  plain, with_videos = tmp_path / "plain", tmp_path / "videos"
+  synthetic.generate(str(plain), videos=3, seed=7)
+  synthetic.generate(str(with_videos), videos=3, seed=7, write_videos=True)
+  for name in ("charades_sta_train.txt", "narratives.jsonl", "glove.txt", "charades.json"):
+    assert (plain / name).read_text() == (with_videos / name).read_text()  # no random draw taken
+  durations = json.loads((with_videos / "charades.json").read_text())
+  for vid, info in durations.items():
+    np.testing.assert_array_equal(np.load(plain / "features" / f"{vid}.npy"),
+                                  np.load(with_videos / "features" / f"{vid}.npy"))
+    assert video_inputs.duration_seconds(str(with_videos / "videos" / f"{vid}.mp4")) == \
+        pytest.approx(info["duration"])
+  third = {synthetic.third_person(v): v for v in synthetic.VERBS}
+  line = (with_videos / "charades_sta_train.txt").read_text().splitlines()[0]
+  vid, start, rest = line.split(" ", 2)
+  end, sentence = rest.split("##")
+  words = sentence.rstrip(".").split()  # "person washes the book"
+  colour = synthetic.action_colour(third[words[1]], words[3])
+  frames = dict(sample_frames(str(with_videos / "videos" / f"{vid}.mp4"), 0.5))
+  inside = np.asarray(frames[(float(start) + float(end)) / 2 // 0.5 * 0.5])
+  np.testing.assert_allclose(inside[12, 12], colour, atol=12)  # the card's corner
+  assert np.abs(inside[-20, -10].astype(int) - 90).max() <= 12  # the grey frame around it
