@@ -13,11 +13,14 @@ mode must give what evaluation wrote for that pair.
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import av
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 from test_extract_features import random_public_weights
 from test_import_emb import random_state_dict
@@ -336,3 +339,19 @@ def test_synthetic_videos_show_the_annotated_actions(tmp_path):
   inside = np.asarray(frames[(float(start) + float(end)) / 2 // 0.5 * 0.5])
   np.testing.assert_allclose(inside[12, 12], colour, atol=12)  # the card's corner
   assert np.abs(inside[-20, -10].astype(int) - 90).max() <= 12  # the grey frame around it
+
+
+importlib_spec = predict.importlib.util.find_spec
+
+
+def test_predict_imports_matplotlib_only_to_plot(monkeypatch, capsys):
+  code = ("import sys, tea_jax.apps.predict; "
+          "assert 'matplotlib' not in sys.modules, 'imported at module level'")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  monkeypatch.setattr(predict.importlib.util, "find_spec",
+                      lambda name: None if name == "matplotlib" else importlib_spec(name))
+  assert predict.main(["--workdir", "w", "--video", "v.mp4", "--i3d-weights", "w.pt",
+                       "--query", "q", "--plot", "x.png"]) == 2
+  assert "--plot needs matplotlib" in capsys.readouterr().err

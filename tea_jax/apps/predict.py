@@ -26,6 +26,7 @@ tea_jax.import_emb needs its vocabulary (`--words` at import).
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
@@ -115,6 +116,7 @@ def top_moments(start_prob: np.ndarray, end_prob: np.ndarray,
 
 
 def uses_narratives(config) -> bool:
+  """Whether the model reads narratives (the VN merge or the paragraph branch: TEA)."""
   return config.model.merge != "none" or config.model.paragraph_branch
 
 
@@ -196,14 +198,17 @@ class Model:
 
   @classmethod
   def read(cls, workdir: str, step: int | None = None) -> "Model":
+    """The model of `workdir` (its config and vocabulary; variables not yet restored)."""
     return cls(workdir, checkpointing.read_config(workdir), read_vocabulary(workdir), step)
 
   @property
   def label(self) -> str:
+    """The model's name on the plot: TEA or EMB, and the workdir's folder name."""
     kind = "TEA" if uses_narratives(self.config) else "EMB"
     return f"{kind} ({os.path.basename(os.path.normpath(self.workdir))})"
 
   def restore(self):
+    """The checkpoint's variables (the best one unless a step was asked for), restored once."""
     if self.variables is None:
       self.variables, self.step = checkpointing.restore_variables(self.workdir, self.step)
     return self.variables
@@ -226,6 +231,7 @@ class Source:
 
 
 def parse_args(argv):
+  """The command's flags."""
   parser = argparse.ArgumentParser(prog="python -m tea_jax.predict",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="a trained or imported tea_jax workdir")
@@ -287,6 +293,8 @@ def check_args(args) -> None:
     raise InputError("--video needs --i3d-weights (rgb_charades.pt or a converted .npz)")
   if args.video and args.duration is not None:
     raise InputError("--duration is for --features: a video's duration is read from its file")
+  if args.plot is not None and importlib.util.find_spec("matplotlib") is None:
+    raise InputError("--plot needs matplotlib (pip install matplotlib==3.11.2)")
   check_truths(args)
 
 
@@ -324,6 +332,7 @@ def check_models(args, models: list[Model]) -> None:
 
 
 def narrator_settings(args) -> video_inputs.NarratorSettings:
+  """The --narrator-* flags."""
   return video_inputs.NarratorSettings(
       args.narrator_model, args.narrator_backend, args.narrator_interval,
       args.narrator_max_new_tokens, args.narrator_batch_size, args.narrator_device)
@@ -372,10 +381,12 @@ def pair_source(args, model: Model) -> Source:
 
 
 def _stem(path: str) -> str:
+  """A file's name without folder and extension."""
   return os.path.splitext(os.path.basename(path))[0]
 
 
 def _video_file(folder: str | None, video_id: str | None) -> str | None:
+  """The video file of `video_id` in `folder` (for the frame strip), if any."""
   if not folder or not video_id:
     return None
   from data_prep.frames import find_videos  # pylint: disable=import-outside-toplevel
@@ -431,12 +442,14 @@ def output_rows(source: Source, answers: list[list[dict]], models: list[Model]) 
 
 
 def _truth(source: Source, q: int) -> tuple[float, float] | None:
+  """The true moment of query q, if known."""
   if not source.truths:
     return None
   return tuple(source.truths[q if len(source.truths) > 1 else 0])
 
 
 def _iou(moment: dict, truth) -> float:
+  """IoU of a printed moment's seconds with the truth."""
   return round(float(metrics.iou(moment["start"], moment["end"], *truth)), 4)
 
 
@@ -462,6 +475,7 @@ def plot_answers(path: str, source: Source, answers: list[list[dict]],
 
 
 def default_plot_path(args, source: Source) -> str:
+  """--plot's file, or timeline_<video>.png / timeline_<split>_<index>.png without a name."""
   if args.plot:
     return args.plot
   if args.split:

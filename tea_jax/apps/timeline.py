@@ -78,6 +78,7 @@ def plot_timeline(path: str, duration: float, title: str, panels: list[QueryPane
 
 
 def _bar_rows(panel: QueryPanel) -> int:
+  """Bars of a panel's moments row: truth, top-k, the compared model's best."""
   return len(panel.main.moments) + (panel.truth is not None) + (
       len(panel.compare.moments[:1]) if panel.compare else 0)
 

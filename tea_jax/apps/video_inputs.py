@@ -67,6 +67,7 @@ class VideoCache:
 
   @classmethod
   def for_video(cls, video: str, cache_dir: str | None = None) -> "VideoCache":
+    """`<video>.tea_cache/` beside the video, or in `cache_dir`."""
     root = cache_dir if cache_dir else os.path.dirname(os.path.abspath(video))
     return cls(os.path.join(root, os.path.basename(video) + CACHE_SUFFIX))
 
@@ -201,6 +202,7 @@ def narration(video: str, settings: NarratorSettings, cache: VideoCache,
 
 
 def _cached_narration(path: str, video_id: str) -> list[tuple[float, str]] | None:
+  """The video's narratives in a narration cache file, or None when it has none yet."""
   if not os.path.isfile(path):
     return None
   narratives, _ = read_narratives(path)
