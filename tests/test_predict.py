@@ -57,9 +57,9 @@ def test_predict_errors_are_clear(trained, capsys):
   vid = sorted(p.stem for p in (root / "features").glob("*.npy"))[0]
   assert predict.main(base + ["--video-id", vid, "--query", "a person"]) == 2
   assert "reads narratives" in capsys.readouterr().err
-  assert predict.main(base + ["--video-id", "no_such_video", "--query", "x"]) == 2
+  text = ["--narratives", str(root / "narratives.jsonl"), "--word-vectors",
+          str(root / "glove.txt")]
+  assert predict.main(base + ["--video-id", "no_such_video", "--query", "x"] + text) == 2
   assert "no_such_video" in capsys.readouterr().err
-  assert predict.main(base + ["--video-id", vid, "--query", "  ", "--narratives",
-                              str(root / "narratives.jsonl"), "--word-vectors",
-                              str(root / "glove.txt")]) == 2
+  assert predict.main(base + ["--video-id", vid, "--query", "  "] + text) == 2
   assert "has no tokens" in capsys.readouterr().err
