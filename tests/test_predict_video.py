@@ -12,6 +12,7 @@ mode must give what evaluation wrote for that pair.
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -30,10 +31,10 @@ from data_prep import synthetic
 from data_prep.build_records import build_records
 from data_prep.frames import sample_frames
 from data_prep.narration import narrators
-from data_prep.testing import random_mllm
 from data_prep.testing.videos import write_moving_video
 from tea_jax import evaluate, train
 from tea_jax.apps import import_emb, predict, video_inputs
+from tea_jax.data.schema import data_path
 from tea_jax.i3d import extractor as i3d_extractor
 from tea_jax.i3d import recipe
 
@@ -44,7 +45,7 @@ MAX_NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, llava_dir):
   """A TEA workdir trained one step on 1024-d synthetic features and evaluated, I3D weights in
   the public layout, a tiny random LLaVA directory and a 2-second 24 fps mp4."""
   root = tmp_path_factory.mktemp("predict_video")
@@ -65,7 +66,7 @@ def world(tmp_path_factory):
   evaluate.evaluate_checkpoint(config, str(workdir), progress=False)  # predictions_test.jsonl
   weights = root / "rgb_charades.pt"
   torch.save({k: torch.from_numpy(v) for k, v in random_public_weights(157).items()}, weights)
-  llava = random_mllm.save(*random_mllm.build_llava("tiny"), str(root / "llava"))
+  llava = llava_dir
   video = root / "kitchen.mp4"
   write_moving_video(str(video), SECONDS, fps=FPS, size=(96, 72))
   return {"root": root, "data": data, "workdir": workdir, "weights": weights, "llava": llava,
@@ -250,7 +251,8 @@ def emb_workdir(world):
   """An EMB checkpoint in EMB's own layout (random weights), imported with the TEA run's
   vocabulary."""
   root = world["root"]
-  words = json.loads((world["data"] / "records" / "vocab.json").read_text())
+  records = pathlib.Path(data_path(world["config"].data, "records_dir"))
+  words = json.loads((records / "vocab.json").read_text())
   sd = random_state_dict(seed=5)
   sd["embedding_net.word_emb.glove_vec"] = np.random.default_rng(0).normal(
       size=(len(words) - 2, 300)).astype(np.float32)
