@@ -7,7 +7,7 @@ literals (Apache-2.0), so nothing is downloaded and no pickle is loaded. Sentenc
 on ActivityNet queries with several sentences ("... time. Then ..." keeps "time" and "." apart).
 
 EMB ran nltk 3.5; the pinned nltk's Treebank rules differ on a few queries (a digit apostrophe as
-in 5'9", a quote opening a word as in 'the): docs/notes/fidelity.md counts them per split.
+in 5'9", a quote opening a word as in 'the): docs/fidelity.md counts them per split.
 """
 
 import collections
