@@ -8,12 +8,12 @@ EMB used transformers-4.11's AdamW after torch's clip_grad_norm_:
 with lr_k = lr * (N - k) / N for update k = 0..N-1. optax.adamw differs in all three details
 (eps after bias correction, decay on the pre-update p, clip_by_global_norm without the 1e-6).
 
-Clipping and AdamW run as one transformation over all parameters flattened into one vector (the
-moments are stored flat too): a handful of large element-wise kernels per step instead of several
-per parameter (382 of them in TEA), which on a GPU were hundreds of launches, and a program a third
-the size. Element for element it is the same arithmetic as per parameter, so the CPU's numbers are
-unchanged to the bit. The optimiser state of checkpoints written before this layout does not load
-into it (`flat_state_from_tree` converts one).
+Clipping and AdamW run as one transformation whose moments are stored as flat vectors over all
+parameters (`clipped_adamw`): a few kernels per step instead of several per parameter (382 of them
+in TEA), which on a GPU were hundreds of launches. Element for element it is the same arithmetic
+as per parameter, so the CPU's numbers are unchanged to the bit. The optimiser state of
+checkpoints written before this layout does not load into it (`flat_state_from_tree` converts
+one).
 """
 
 from typing import Any, NamedTuple
@@ -26,13 +26,11 @@ import optax
 
 
 class FlatLayout(NamedTuple):
-  """Where each parameter sits in the optimiser's flat vectors: the decayed parameters first (so
-  that the decay mask is a single bound, not a vector), each group in pytree order."""
+  """Where each parameter sits in the optimiser's flat vectors (pytree order)."""
 
-  order: tuple[int, ...]  # leaf indices (pytree order) in flat order
-  offsets: tuple[int, ...]  # start of each leaf of `order` in the flat vector
-  shapes: tuple[tuple[int, ...], ...]  # shape of each leaf of `order`
-  num_decayed: int  # flat[:num_decayed] is decayed
+  offsets: tuple[int, ...]  # start of each leaf in the flat vector
+  shapes: tuple[tuple[int, ...], ...]
+  decayed: tuple[bool, ...]  # whether each leaf is weight-decayed
   size: int
   treedef: Any
 
@@ -42,27 +40,22 @@ def flat_layout(params, decay_mask) -> FlatLayout:
   the parameters returning one)."""
   leaves, treedef = jax.tree_util.tree_flatten(params)
   mask = decay_mask(params) if callable(decay_mask) else decay_mask
-  decayed = jax.tree_util.tree_leaves(mask)
-  order = ([i for i, d in enumerate(decayed) if d] + [i for i, d in enumerate(decayed) if not d])
-  sizes = [int(np.prod(leaves[i].shape)) for i in order]
+  sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
   offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
-  num_decayed = int(sum(size for i, size in zip(order, sizes) if decayed[i]))
-  return FlatLayout(tuple(order), tuple(offsets[:-1]), tuple(tuple(leaves[i].shape) for i in order),
-                    num_decayed, int(offsets[-1]), treedef)
+  return FlatLayout(tuple(offsets[:-1]), tuple(tuple(leaf.shape) for leaf in leaves),
+                    tuple(bool(d) for d in jax.tree_util.tree_leaves(mask)), int(offsets[-1]),
+                    treedef)
 
 
 def ravel(layout: FlatLayout, tree) -> jax.Array:
   """The (P,) flat vector of a pytree shaped like the parameters."""
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.concatenate([jnp.ravel(leaves[i]) for i in layout.order])
+  return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
 
 
-def unravel(layout: FlatLayout, flat: jax.Array):
-  """Inverse of `ravel`."""
-  leaves = [None] * len(layout.order)
-  for i, start, shape in zip(layout.order, layout.offsets, layout.shapes):
-    leaves[i] = flat[start:start + int(np.prod(shape))].reshape(shape)
-  return jax.tree_util.tree_unflatten(layout.treedef, leaves)
+def leaf_slices(layout: FlatLayout, flat: jax.Array) -> list[jax.Array]:
+  """The pieces of a flat vector, one per parameter, shaped like it."""
+  return [flat[start:start + int(np.prod(shape))].reshape(shape)
+          for start, shape in zip(layout.offsets, layout.shapes)]
 
 
 class ClippedAdamWState(NamedTuple):
@@ -83,9 +76,15 @@ def global_norm(grads, flat_grads: jax.Array) -> jax.Array:
 
 def clipped_adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float,
                   weight_decay: float, max_norm: float, decay_mask) -> optax.GradientTransformation:
-  """torch's clip_grad_norm_ then transformers-4.11's AdamW, as one optax transformation over
-  the flattened parameters (a few large element-wise kernels instead of several per parameter).
-  The moments are (P,) vectors (`flat_layout`); updates come back as a pytree, p_new - p."""
+  """torch's clip_grad_norm_ then transformers-4.11's AdamW as one optax transformation whose
+  moments are (P,) vectors over all parameters (`flat_layout`).
+
+  The moments are updated as two flat vectors (one kernel, not one per parameter); each
+  parameter's step then reads its slice of them, a small single-output computation that XLA's GPU
+  backend fuses horizontally with the others (dozens of parameters per kernel) and the CPU runs
+  per parameter in parallel, without a flat copy of the parameters. Updates come back as a pytree,
+  p_new - p.
+  """
 
   def init(params):
     size = flat_layout(params, decay_mask).size
@@ -94,7 +93,7 @@ def clipped_adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: floa
 
   def update(grads, state, params):
     layout = flat_layout(params, decay_mask)
-    g, p = ravel(layout, grads), ravel(layout, params)
+    g = ravel(layout, grads)
     norm = global_norm(grads, g)
     g = g * jnp.minimum(1.0, max_norm / (norm + 1e-6))
     count = state.count + 1
@@ -103,10 +102,18 @@ def clipped_adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: floa
     t = count.astype(jnp.float32)
     lr = learning_rate(state.count)
     step_size = lr * jnp.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-    p_new = p - step_size * mu / (jnp.sqrt(nu) + eps)
-    decayed = jnp.arange(layout.size) < layout.num_decayed
-    p_new = jnp.where(decayed, p_new - lr * weight_decay * p_new, p_new)
-    return unravel(layout, p_new - p), ClippedAdamWState(count, mu, nu, norm)
+
+    def step(p, m, v, decayed):
+      p_new = p - step_size * m / (jnp.sqrt(v) + eps)
+      if decayed:
+        p_new = p_new - lr * weight_decay * p_new
+      return p_new - p
+
+    updates = [step(p, m, v, d) for p, m, v, d in zip(
+        jax.tree_util.tree_leaves(params), leaf_slices(layout, mu), leaf_slices(layout, nu),
+        layout.decayed)]
+    return (jax.tree_util.tree_unflatten(layout.treedef, updates),
+            ClippedAdamWState(count, mu, nu, norm))
 
   return optax.GradientTransformation(init, update)
 
