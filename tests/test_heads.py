@@ -118,8 +118,10 @@ def test_lstm_lanes_backward_equals_autodiff_of_its_forward(rng):
     np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)
 
 
-def test_bilstms_together_equal_each_alone(rng):
-  # Two BiLSTMs in one recurrence (4 lanes) give what each gives alone, gradients included.
+def test_bilstms_together_equal_each_alone(rng, monkeypatch):
+  # Two BiLSTMs in one recurrence (4 lanes) give what each gives alone, gradients included. (The
+  # CPU runs the scans of several BiLSTMs apart: the test poses as another backend.)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   lengths, l, din, h = [7, 3, 1], 7, 5, 4
   mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)
   xs = [rng.normal(size=(3, l, din)).astype(np.float32) for _ in range(2)]
@@ -230,9 +232,10 @@ def test_ranker_matches_numpy_conv_and_count_normalisation(rng):
   assert np.all(ours[mask == 0] == 0)
 
 
-def test_span_predictors_together_equal_each_alone(rng):
+def test_span_predictors_together_equal_each_alone(rng, monkeypatch):
   # predict_spans advances both predictors' BiLSTMs in the same recurrences (TEA's video and
-  # paragraph predictors); each must get what it gets alone.
+  # paragraph predictors) off the CPU; each must get what it gets alone.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   c = ModelConfig(hidden=8, num_heads=1)
   mask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.float32)
   xs = [rng.normal(size=(2, 6, 8)).astype(np.float32) for _ in range(2)]

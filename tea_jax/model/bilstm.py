@@ -13,10 +13,11 @@ choice; `model.lstm` selects it):
   "cudnn"  cuDNN's fused RNN kernels through `jax.experimental.rnn.lstm` (CUDA GPUs only).
           cuDNN uses TF32 for float32 matmuls unless `jax_default_matmul_precision` is "highest".
 
-Several BiLSTMs that read inputs of the same shape and mask (the start encoders of the video and
-the paragraph predictors, then their end encoders) run as one recurrence (`bilstms`): both
-directions of every BiLSTM are lanes of one scan or one kernel launch, each lane with its own
-weights (a batched matmul per step).
+Both directions of a BiLSTM are lanes of one recurrence (one scan or one kernel launch), each
+lane with its own weights (a batched matmul per step). Several BiLSTMs that read inputs of the
+same shape and mask (the start encoders of the video and the paragraph predictors, then their end
+encoders) share one recurrence too (`bilstms`), except on the CPU, where XLA runs separate scans
+on separate threads at once, which is faster there.
 """
 
 import functools
@@ -92,8 +93,11 @@ class BiLSTM(nn.Module):
 
 def bilstms(weights, inputs, mask, implementation: str = "scan"):
   """Outputs (B, L, 2H) of several independent BiLSTMs (parameters `weights[n]`, as returned by
-  BiLSTM.weights) over inputs (B, L, Din) that share one mask (B, L); one recurrence for all."""
+  BiLSTM.weights) over inputs (B, L, Din) that share one mask (B, L); one recurrence for all (one
+  per BiLSTM for the scan on a CPU)."""
   implementation = resolve_implementation(implementation)
+  if len(weights) > 1 and implementation == "scan" and jax.default_backend() == "cpu":
+    return [y for w, x in zip(weights, inputs) for y in bilstms([w], [x], mask, implementation)]
   if implementation == "cudnn":
     lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
     return [cudnn_bilstm(x, lengths, pack_cudnn_weights(w), w["forward_w_hh"].shape[0])
