@@ -19,6 +19,11 @@ from tea_jax.model.bilstm import BiLSTM
 # pylint: disable=protected-access
 
 
+def lanes(stacked):
+  """(L, K, ...) -> the K arrays (L, ...) that lstm_lanes and the scan take."""
+  return tuple(stacked[:, k] for k in range(stacked.shape[1]))
+
+
 def ragged_lanes(rng, steps=9, batch=3, hidden=4, lengths=(9, 5, 1)):
   """Gate inputs (L, K, B, 4H), masks (L, K, B, 1) and weights (K, H, 4H) of 4 lanes: forward,
   backward, forward, backward."""
@@ -32,8 +37,8 @@ def ragged_lanes(rng, steps=9, batch=3, hidden=4, lengths=(9, 5, 1)):
 def test_forward_kernel_equals_scan_outputs_and_residuals(rng):
   gates, mask, w_hh = ragged_lanes(rng)
   out, saved = lstm_kernel.lstm_forward(gates, mask, w_hh, interpret=True)
-  ref_out, ref_saved = bilstm._scan_forward(gates, mask, w_hh)
-  np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+  ref_out, ref_saved = bilstm._scan_forward(lanes(gates), lanes(mask), w_hh)
+  np.testing.assert_allclose(out, np.stack(ref_out, axis=1), rtol=1e-6, atol=1e-6)
   for ours, ref in zip(saved, ref_saved):
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
   # Padded steps are exactly zero in both directions (the reversed lanes have their padding first).
@@ -43,10 +48,10 @@ def test_forward_kernel_equals_scan_outputs_and_residuals(rng):
 
 def test_backward_kernel_equals_scan_backward(rng):
   gates, mask, w_hh = ragged_lanes(rng)
-  _, saved = bilstm._scan_forward(gates, mask, w_hh)
+  _, saved = bilstm._scan_forward(lanes(gates), lanes(mask), w_hh)
   d_out = rng.normal(size=gates.shape[:-1] + (w_hh.shape[1],)).astype(np.float32)
   ours = lstm_kernel.lstm_backward(d_out, mask, saved, w_hh, interpret=True)
-  ref = bilstm._scan_backward(d_out, mask, saved, w_hh)
+  ref = np.stack(bilstm._scan_backward(lanes(d_out), lanes(mask), saved, w_hh), axis=1)
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
   # No gradient reaches a padded step.
   assert np.all(np.asarray(ours)[np.broadcast_to(mask, ours.shape) == 0] == 0)
@@ -57,7 +62,7 @@ def test_lstm_lanes_gradients_equal_between_engines(rng):
   probe = rng.normal(size=gates.shape[:-1] + (w_hh.shape[1],)).astype(np.float32)
 
   def loss(engine, g, w):
-    return jnp.sum(bilstm.lstm_lanes(g, mask, w, engine) * probe)
+    return jnp.sum(jnp.stack(bilstm.lstm_lanes(lanes(g), lanes(mask), w, engine), 1) * probe)
 
   grads = {e: jax.grad(loss, argnums=(1, 2))(e, gates, w_hh) for e in ("scan", "pallas")}
   for ours, ref in zip(grads["pallas"], grads["scan"]):

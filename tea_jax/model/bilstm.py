@@ -113,9 +113,8 @@ def bilstms(weights, inputs, mask, implementation: str = "scan"):
       gates.append(gin if d == "forward" else gin[::-1])
       masks.append(m if d == "forward" else m[::-1])
   w_hh = jnp.stack([w[f"{d}_w_hh"] for w in weights for d in _DIRECTIONS])  # (K, H, 4H)
-  out = lstm_lanes(jnp.stack(gates, axis=1), jnp.stack(masks, axis=1), w_hh,
-                   implementation)  # (L, K, B, H)
-  return [time_major(jnp.concatenate([out[:, 2 * n], out[::-1, 2 * n + 1]], axis=-1))
+  out = lstm_lanes(tuple(gates), tuple(masks), w_hh, implementation)  # K x (L, B, H)
+  return [time_major(jnp.concatenate([out[2 * n], out[2 * n + 1][::-1]], axis=-1))
           for n in range(len(weights))]
 
 
@@ -135,15 +134,25 @@ def _cell(gates_in, valid, hid, mem, w_hh):
   return o * tanh_mem * valid, new_mem, saved
 
 
-def _scan_forward(gates_in, mask, w_hh):
-  zeros = jnp.zeros(gates_in.shape[1:-1] + (w_hh.shape[1],), gates_in.dtype)
+def _unstack(x):
+  """(K, ...) -> K arrays."""
+  return tuple(x[k] for k in range(x.shape[0]))
+
+
+def _scan_forward(gates_in, masks, w_hh):
+  """Hidden states (K x (L, B, H)) and residuals ((L, K, B, .) each) of the lanes' scan. The
+  lanes' sequences stay separate arrays (stacked per step only), so that nothing (L, K, ...)-shaped
+  but the residuals is copied together."""
+  zeros = jnp.zeros((len(gates_in),) + gates_in[0].shape[1:-1] + (w_hh.shape[1],),
+                    gates_in[0].dtype)
 
   def step(carry, inputs):
     hid, mem = carry
-    new_hid, new_mem, saved = _cell(*inputs, hid, mem, w_hh)
-    return (new_hid, new_mem), (new_hid, saved)
+    gates_t, masks_t = inputs
+    new_hid, new_mem, saved = _cell(jnp.stack(gates_t), jnp.stack(masks_t), hid, mem, w_hh)
+    return (new_hid, new_mem), (_unstack(new_hid), saved)
 
-  _, (out, saved) = jax.lax.scan(step, (zeros, zeros), (gates_in, mask), unroll=4)
+  _, (out, saved) = jax.lax.scan(step, (zeros, zeros), (gates_in, masks), unroll=4)
   return out, saved
 
 
@@ -160,54 +169,59 @@ def _cell_backward(d_out, valid, d_hid, d_mem, saved, w_hh_t):
   return jnp.matmul(dz, w_hh_t), d_cell * f, dz
 
 
-def _scan_backward(d_out, mask, saved, w_hh):
-  zeros = jnp.zeros(d_out.shape[1:], d_out.dtype)
+def _scan_backward(d_out, masks, saved, w_hh):
+  """Gate gradients (K x (L, B, 4H)) of the lanes from their outputs' cotangents."""
+  zeros = jnp.zeros((len(d_out),) + d_out[0].shape[1:], d_out[0].dtype)
   w_hh_t = jnp.swapaxes(w_hh, 1, 2)  # transposed once, not at every step
 
   def step(carry, inputs):
     d_hid, d_mem = carry
-    do, valid, s = inputs
-    d_hid, d_mem, dz = _cell_backward(do, valid, d_hid, d_mem, s, w_hh_t)
-    return (d_hid, d_mem), dz
+    d_out_t, masks_t, s = inputs
+    d_hid, d_mem, dz = _cell_backward(jnp.stack(d_out_t), jnp.stack(masks_t), d_hid, d_mem, s,
+                                      w_hh_t)
+    return (d_hid, d_mem), _unstack(dz)
 
-  _, dz = jax.lax.scan(step, (zeros, zeros), (d_out, mask, saved), reverse=True, unroll=1)
+  _, dz = jax.lax.scan(step, (zeros, zeros), (d_out, masks, saved), reverse=True, unroll=1)
   return dz
 
 
-def _forward(gates_in, mask, w_hh, engine):
+def _forward(gates_in, masks, w_hh, engine):
   if engine == "pallas":
-    return lstm_kernel.lstm_forward(gates_in, mask, w_hh)
-  return _scan_forward(gates_in, mask, w_hh)
+    out, saved = lstm_kernel.lstm_forward(jnp.stack(gates_in, 1), jnp.stack(masks, 1), w_hh)
+    return _unstack(jnp.swapaxes(out, 0, 1)), saved
+  return _scan_forward(gates_in, masks, w_hh)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def lstm_lanes(gates_in, mask, w_hh, engine="scan"):
-  """K independent masked LSTMs ("lanes") over time-major gate inputs (L, K, B, 4H) with masks
-  (L, K, B, 1) and recurrent weights (K, H, 4H), from zero states; returns their hidden states
-  (L, K, B, H). `engine` is "scan" or "pallas" (the same arithmetic and residuals).
+def lstm_lanes(gates_in, masks, w_hh, engine="scan"):
+  """K independent masked LSTMs ("lanes") over time-major gate inputs (K arrays (L, B, 4H)) with
+  masks (K arrays (L, B, 1)) and recurrent weights (K, H, 4H), from zero states; returns their
+  hidden states (K arrays (L, B, H)). `engine` is "scan" or "pallas" (the same arithmetic and
+  residuals).
 
   Its own backward pass (below) instead of differentiating the scan: the recurrent weights'
   gradient is one matmul over all steps after the reverse recurrence, not a per-step accumulation
   inside it, which made autodiff's backward 6.5x the forward on the CPU."""
-  return _forward(gates_in, mask, w_hh, engine)[0]
+  return _forward(gates_in, masks, w_hh, engine)[0]
 
 
-def _lstm_lanes_fwd(gates_in, mask, w_hh, engine):
-  out, saved = _forward(gates_in, mask, w_hh, engine)
-  return out, (out, saved, mask, w_hh)
+def _lstm_lanes_fwd(gates_in, masks, w_hh, engine):
+  out, saved = _forward(gates_in, masks, w_hh, engine)
+  return out, (out, saved, masks, w_hh)
 
 
 def _lstm_lanes_bwd(engine, residuals, d_out):
-  out, saved, mask, w_hh = residuals
+  out, saved, masks, w_hh = residuals
   if engine == "pallas":
-    dz = lstm_kernel.lstm_backward(d_out, mask, saved, w_hh)
+    dz = lstm_kernel.lstm_backward(jnp.stack(d_out, 1), jnp.stack(masks, 1), saved, w_hh)
+    dz = _unstack(jnp.swapaxes(dz, 0, 1))
   else:
-    dz = _scan_backward(d_out, mask, saved, w_hh)
+    dz = _scan_backward(d_out, masks, saved, w_hh)
   # dW_hh = sum over steps and samples of h_prev^T dz: one matmul per lane. h_prev is the output
   # one step earlier (zero before the first step).
-  h_prev = jnp.concatenate([jnp.zeros_like(out[:1]), out[:-1]])
-  d_w_hh = jnp.einsum("lkbh,lkbg->khg", h_prev, dz)
-  return dz, jnp.zeros_like(mask), d_w_hh
+  h_prev = lambda o: jnp.concatenate([jnp.zeros_like(o[:1]), o[:-1]])
+  d_w_hh = jnp.stack([jnp.einsum("lbh,lbg->hg", h_prev(o), g) for o, g in zip(out, dz)])
+  return dz, tuple(jnp.zeros_like(m) for m in masks), d_w_hh
 
 
 lstm_lanes.defvjp(_lstm_lanes_fwd, _lstm_lanes_bwd)
