@@ -11,7 +11,7 @@ choice; `model.lstm` selects it):
            what bounds the step time there; interpreted (slow, for tests) elsewhere.
   "auto"   "pallas" on a GPU, "scan" elsewhere.
   "cudnn"  cuDNN's fused RNN kernels through `jax.experimental.rnn.lstm` (CUDA GPUs only).
-          cuDNN uses TF32 for float32 matmuls unless `jax_default_matmul_precision` is "highest".
+           cuDNN uses TF32 for float32 matmuls unless `jax_default_matmul_precision` is "highest".
 
 Both directions of a BiLSTM are lanes of one recurrence (one scan or one kernel launch), each
 lane with its own weights (a batched matmul per step). Several BiLSTMs that read inputs of the

@@ -53,7 +53,7 @@ class TEA(nn.Module):
     if c.paragraph_branch:
       branches.append((PARAGRAPH_BRANCH, narrative + positions(video_mask.shape[1])))
     frames = self._frame_branches(branches, query, video_mask, query_mask, train)
-    # Both span predictors at once: their BiLSTMs advance in the same recurrences.
+    # Both span predictors at once: on GPUs their BiLSTMs advance in the same recurrences.
     logits = predict_spans([SpanPredictor(c, name=names["predictor"]) for names, _ in branches],
                            [fused for _, fused, _ in frames], video_mask)
     (start_logits, end_logits), (stream, _, highlight) = logits[0], frames[0]
