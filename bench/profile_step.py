@@ -126,8 +126,10 @@ def program_report(text: str, top: int) -> None:
   found = launches(computations, entry)
   per_step = sum(runs for _, runs, _ in found)
   in_loops = sum(runs for _, runs, trips in found if trips)
+  trips = collections.Counter(loops)
   print(f"program: {instructions} HLO instructions in {len(computations)} computations; "
-        f"{len(loops)} while loops (trip counts {sorted(loops, key=lambda t: t or 0)})")
+        f"{len(loops)} while loops (trip count x loops: "
+        f"{', '.join(f'{t} x{n}' for t, n in sorted(trips.items(), key=lambda kv: kv[0] or 0))})")
   print(f"launches per step (static: instructions outside fusions x loop trips): {per_step} "
         f"({len(found)} in the program, {in_loops} per step inside while loops)")
   parts = collections.Counter()
