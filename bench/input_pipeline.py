@@ -21,6 +21,7 @@ from configs import demo  # noqa: E402
 from data_prep import synthetic  # noqa: E402
 from data_prep.build_records import build_records  # noqa: E402
 from tea_jax.data.input_pipeline import Records  # noqa: E402
+from tea_jax.data.schema import data_path  # noqa: E402
 
 
 def main():
@@ -45,7 +46,7 @@ def main():
   meta = build_records(config, progress=False)
   build_s = time.perf_counter() - t0
   pairs = sum(m["pairs"] for m in meta["splits"].values())
-  records_dir = os.path.join(root, "records")
+  records_dir = data_path(config.data, "records_dir")
   record_bytes = sum(os.path.getsize(os.path.join(records_dir, name))
                      for name in os.listdir(records_dir) if name.endswith(".tfrecord"))
   records = Records(records_dir, config.data)
@@ -59,8 +60,10 @@ def main():
   consumer = 1000.0 / args.step_ms
   print(f"synthetic data: {args.videos} videos, {pairs} pairs ({counts}), written in {gen_s:.1f}s")
   print(f"records: L={records.length} W={records.words}, video 1024-d, narrative 300-d")
-  print(f"| build records | {build_s:.1f} s for {pairs} pairs = {1000 * build_s / pairs:.1f} s per 1k pairs |")
-  print(f"| records on disk | {record_bytes / 2**20:.0f} MiB = {record_bytes / pairs / 1024:.0f} KiB "
+  print(f"| build records | {build_s:.1f} s for {pairs} pairs = "
+        f"{1000 * build_s / pairs:.1f} s per 1k pairs |")
+  print(f"| records on disk | {record_bytes / 2**20:.0f} MiB = "
+        f"{record_bytes / pairs / 1024:.0f} KiB "
         f"per pair |")
   print(f"| reader (train, B={args.batch}) | {reader:.1f} batches/s |")
   print(f"| train step consumes | {consumer:.2f} batches/s (step {args.step_ms:.0f} ms) |")

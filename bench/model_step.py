@@ -23,8 +23,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tea_jax import inference  # noqa: E402
-from tea_jax.model import bilstm  # noqa: E402
-from tea_jax.model import config as model_config_module  # noqa: E402
 from tea_jax.model.config import ModelConfig, model_config  # noqa: E402
 from tea_jax.model.tea import TEA  # noqa: E402
 
@@ -52,14 +50,6 @@ def make_batch(rng, config, batch, length, words):
           "end_label": (lengths * 0.5 + rng.random(batch) * lengths * 0.49).astype(np.int32)}
 
 
-def allow_lstm(lstm: str) -> None:
-  """Lets this checkout's ModelConfig take every BiLSTM implementation of tea_jax.model.bilstm,
-  for the benchmarks only, if its list predates one (docs/notes/speed-train.patch adds them)."""
-  known = model_config_module.LSTM_IMPLEMENTATIONS
-  if lstm in bilstm.IMPLEMENTATIONS and lstm not in known:
-    model_config_module.LSTM_IMPLEMENTATIONS = known + (lstm,)
-
-
 def timeit(fn, repeats):
   """Median wall time of fn() over `repeats` calls after one warm-up (compile) call."""
   t0 = time.perf_counter()
@@ -84,7 +74,6 @@ def main():
   parser.add_argument("--variants", default="emb,tea")
   parser.add_argument("--lstm", default="auto", help="model.lstm (BiLSTM implementation)")
   args = parser.parse_args()
-  allow_lstm(args.lstm)
 
   print(f"backend={jax.default_backend()} devices={jax.devices()} "
         f"B={args.batch} L={args.length} W={args.words} D={args.hidden} lstm={args.lstm}")

@@ -228,7 +228,7 @@ def main():
   print(f"== profile_step: variant={args.variant} lstm={args.lstm} B={args.batch} L={args.length} "
         f"W={args.words} | jax {jax.__version__} {jax.default_backend()} {device.device_kind} "
         f"x{jax.device_count()}")
-  mesh = bench_train.train.make_mesh()
+  mesh = bench_train.make_mesh()
   total_steps = -(-bench_train.CHARADES_CD_TRAIN // args.batch) * args.epochs
   step, arguments = bench_train.build_variant(args, mesh, args.variant, args.lstm, total_steps)
   compiled, trace_s, total_s = bench_train.compile_step(step, arguments)

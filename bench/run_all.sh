@@ -18,6 +18,17 @@ if "$PY" -c 'import tensorflow, tensorflow_datasets' 2>/dev/null; then
 else
   echo "bench/input_pipeline.py skipped: TensorFlow / tensorflow-datasets are not installed"
 fi
+# I3D feature extraction: the jitted network alone, and end to end (PyAV decoding) when it can.
+if "$PY" -c 'import jax, sys; sys.exit(0 if jax.default_backend() == "gpu" else 1)'; then
+  i3d=(--batch-sizes 1,8,32 --windows 64)
+else
+  i3d=(--batch-sizes 1,4 --windows 8)
+fi
+if "$PY" -c 'import av' 2>/dev/null; then
+  "$PY" bench/extract_features.py "${i3d[@]}" --end-to-end --videos 4
+else
+  "$PY" bench/extract_features.py "${i3d[@]}"
+fi
 e2e=()
 if "$PY" -c 'import av' 2>/dev/null; then
   e2e=(--end-to-end)
@@ -25,9 +36,9 @@ else
   echo "narration end to end skipped: PyAV (av) is not installed"
 fi
 if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-  "$PY" bench/narrate.py --architecture llava-1.5-13b --batch-sizes 1,8,32,64 --frames 64 --new-tokens 60 \
+  "$PY" bench/narrate.py --architecture llava-1.5-13b --batch-sizes auto,16,64,128 --new-tokens 60 \
     ${e2e[@]+"${e2e[@]}"} --decode-workers 2,4
 else
-  "$PY" bench/narrate.py --architecture tiny --batch-sizes 1,4,16,32 --frames 64 --new-tokens 60 \
+  "$PY" bench/narrate.py --architecture tiny --batch-sizes auto,4,16,32 --frames 64 --new-tokens 60 \
     ${e2e[@]+"${e2e[@]}"}
 fi

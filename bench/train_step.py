@@ -29,9 +29,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from bench.model_step import VARIANTS, allow_lstm, make_batch  # noqa: E402
+from bench.model_step import VARIANTS, make_batch  # noqa: E402
 from configs import common  # noqa: E402
 from tea_jax import compilation_cache, inference, optim, train  # noqa: E402
+from tea_jax.data.prefetch import to_device  # noqa: E402
+from tea_jax.mesh import make_mesh  # noqa: E402
 
 CHARADES_CD_TRAIN = 11071
 
@@ -59,7 +61,7 @@ def main():
   lstms = (args.lstm or ("auto,scan,cudnn" if on_gpu else "scan")).split(",")
   cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="tea_jax_bench_cache_")
   compilation_cache.enable(cache_dir)
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   steps_per_epoch = math.ceil(CHARADES_CD_TRAIN / args.batch)
   total = steps_per_epoch * args.epochs
   print(f"backend={jax.default_backend()} devices={jax.device_count()} "
@@ -98,7 +100,6 @@ def format_duration(seconds: float) -> str:
 def build_variant(args, mesh, name, lstm, total_steps):
   """(jitted train step, its arguments) of one variant: the config, state and batch of the paper's
   shapes, as tea_jax.train builds them."""
-  allow_lstm(lstm)
   config = common.base_config()
   config.model.update(VARIANTS[name], vocab_size=args.vocab, lstm=lstm)
   config.batch_size = args.batch
@@ -110,7 +111,7 @@ def build_variant(args, mesh, name, lstm, total_steps):
   batch = make_batch(np.random.default_rng(0), config.model, args.batch, args.length, args.words)
   batch.update(duration=np.full(args.batch, 30.0, np.float32),
                valid=np.ones(args.batch, np.float32))
-  return step, (*state, train.to_device(batch, mesh), np.float32(0.7))
+  return step, (*state, to_device(batch, mesh), np.float32(0.7))
 
 
 def compile_step(step, arguments):

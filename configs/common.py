@@ -13,9 +13,12 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
   d = ml_collections.ConfigDict()
   # Folder holding the benchmark's files (annotations, features, vectors, narratives).
   d.root = root
-  # Split name -> annotation file (relative to root). Order matters: the vocabulary counts the
-  # words of the splits in this order (EMB: train, val, test).
+  # Split name -> annotation file (relative to root). A ConfigDict gives its keys back sorted by
+  # name, so the declared order is kept in split_order below.
   d.splits = dict(splits)
+  # Split names in declared order: the vocabulary counts the words of the splits in this order,
+  # train first (EMB: train, val, test; ties in frequency keep this order).
+  d.split_order = tuple(splits)
   # Split to train on, split that selects the best checkpoint, splits evaluated.
   d.train_split = train
   d.selection_split = selection
@@ -28,18 +31,26 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
   d.word_vectors = "glove.840B.300d.txt"
   # Narration output (JSON lines, data_prep.narrate); "" for plain EMB records (zero narratives).
   d.narratives = "narratives.jsonl"
-  # Output folder of the TFRecords and meta.json.
-  d.records_dir = "records"
   # Most snippets per video after reduction (docs/design.md section 1) and most query words.
   d.max_snippets = 128
   d.max_words = 128
-  # Reduction of videos longer than max_snippets: "mean" (EMB code) or "max" (TEA paper text).
-  d.pooling = "mean"
+  # Reduction of videos longer than max_snippets: "max" (the TEA paper: "downsampled to 128 frames
+  # at most by max-pooling") or "mean" (EMB's code); each variant sets its own (VARIANTS below).
+  d.pooling = "max"
+  # Output folder of the TFRecords and meta.json. It follows the pooling (records_max,
+  # records_mean: a lazy reference, overrides of pooling move it too), so that records pooled one
+  # way are never read by a run that pools the other way.
+  d.records_dir = "records_" + d.get_ref("pooling")
+  # What to do with an annotation record EMB keeps although it is wrong (start > end, or a moment
+  # outside its video): "reference" keeps it as EMB does (labels (0, 0), IoU 0) and reports it,
+  # "skip" reports and skips it, "fail" stops at the first one. Published numbers use "reference".
+  d.bad_records = "reference"
   # TFRecord shards per split (train is read in parallel from its shards).
   d.num_shards = 4
   # Training examples held in the shuffle buffer (serialized; an epoch also shuffles shard order).
   d.shuffle_buffer = 4096
-  # Fail on the first bad annotation record / missing feature instead of reporting and skipping.
+  # Fail on the first bad annotation record / missing feature instead of reporting and skipping
+  # (implies bad_records = "fail").
   d.strict = False
   # Padded lengths of batches: 0 = automatic (longest in the records, rounded up to 8).
   d.pad_snippets = 0
@@ -80,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   # Stop after this many steps (0 = train all epochs); a later run resumes to the end.
   c.max_steps = 0
+  # Persistent compilation cache (tea_jax/compilation_cache.py): "" = JAX's own setting if any,
+  # else `.jax_cache` beside the workdir (else ~/.cache/tea_jax/jax_cache); a folder; or "off".
+  c.compilation_cache = ""
   # Call jax.distributed.initialize() first (multi-host runs); devices form one `data` mesh axis.
   c.distributed = False
   # Multi-host settings passed to jax.distributed.initialize when set; left empty, JAX detects them
@@ -91,22 +105,28 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # Ablations of the TEA paper (Fig. 3, Tables 4-5): `--config configs/<dataset>.py:<variant>`.
+# Each is (model switches, snippet pooling): TEA's variants max-pool long videos as the TEA paper
+# says; the EMB baseline averages them as EMB's code (visual_feature_sampling) does.
 VARIANTS = {
-    "tea": dict(merge="concat", paragraph_branch=True),    # VN + PQ (the paper's model)
-    "emb": dict(merge="none", paragraph_branch=False),     # the EMB baseline
-    "vn": dict(merge="concat", paragraph_branch=False),    # video-narrative merge only
-    "pq": dict(merge="none", paragraph_branch=True),       # paragraph-query branch only
-    "vn_add": dict(merge="add", paragraph_branch=True),    # VN + PQ with the other merges
-    "vn_attention": dict(merge="attention", paragraph_branch=True),
+    "tea": (dict(merge="concat", paragraph_branch=True), "max"),   # VN + PQ (the paper's model)
+    "emb": (dict(merge="none", paragraph_branch=False), "mean"),   # the EMB baseline
+    "vn": (dict(merge="concat", paragraph_branch=False), "max"),   # video-narrative merge only
+    "pq": (dict(merge="none", paragraph_branch=True), "max"),      # paragraph-query branch only
+    "vn_add": (dict(merge="add", paragraph_branch=True), "max"),   # VN + PQ, the other merges
+    "vn_attention": (dict(merge="attention", paragraph_branch=True), "max"),
 }
 
 
 def apply_variant(c: ml_collections.ConfigDict, variant: str | None) -> ml_collections.ConfigDict:
-  """Sets the model switches of a named ablation (default "tea"); alpha stays overridable."""
+  """Sets the model switches and pooling of a named ablation (default "tea"); both stay
+  overridable (a pooling override also moves data.records_dir)."""
   variant = variant or "tea"
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}: expected one of {sorted(VARIANTS)}")
-  c.model.update(VARIANTS[variant])
+  switches, pooling = VARIANTS[variant]
+  c.model.update(switches)
+  # Snippet pooling of the variant (data.records_dir follows it).
+  c.data.pooling = pooling
   # Name of the ablation variant the model switches come from (see VARIANTS).
   c.variant = variant
   return c

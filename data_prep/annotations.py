@@ -2,13 +2,20 @@
 
 | family | file | record | duration |
 | --- | --- | --- | --- |
-| Charades-STA | charades_sta_{train,test}.txt | `vid start end##sentence` per line | charades.json[vid]["duration"] |
-| Charades-CD | charades_{train,val,test_iid,test_ood}.json | {vid: {timestamps, sentences, video_duration}} | video_duration |
-| Charades-CG, ActivityNet-Captions/-CD/-CG | *.json | {vid: {duration, timestamps, sentences}} | duration |
+| Charades-STA | charades_sta_*.txt | `vid start end##sentence` per line | charades.json duration |
+| Charades-CD | charades_*.json | {vid: {timestamps, sentences, video_duration}} | video_duration |
+| Charades-CG, ActivityNet* | *.json | {vid: {duration, timestamps, sentences}} | duration |
 
-Moments are clipped to [0, duration] (EMB). A bad record (start > end, a non-numeric or missing time,
-an empty sentence, a video without a duration, a moment starting after its video ends) is reported
-with its file and line or key, then skipped, or raises BadAnnotation with `strict=True`.
+Moments are clipped as EMB clips them: start = max(0, start), end = min(end, duration). Every
+questionable or bad record is reported with its file and line or key. What happens to it depends on
+the policy (`bad_records`):
+  "reference" (default) builds exactly the pairs EMB's processors build: a moment whose start comes
+      after its end, or that lies outside its video (it becomes start > end once clipped), is KEPT
+      and reported; its labels are (0, 0) and its IoU with any prediction is 0, as in EMB;
+  "skip" skips those too (tea_jax's behaviour before the reference policy);
+  "fail" raises BadAnnotation on the first reported record.
+Records EMB's code could not read at all (a non-numeric or missing time, a video without a
+duration, an empty sentence, a malformed line) are skipped under "reference" and "skip".
 """
 
 import dataclasses
@@ -17,14 +24,20 @@ import math
 import os
 from typing import Any
 
+from tea_jax.errors import ConfigError, InputError
 
-class BadAnnotation(ValueError):
+# What build_records and inspect do with a questionable record (see the module docstring).
+BAD_RECORD_POLICIES = ("reference", "skip", "fail")
+
+
+class BadAnnotation(InputError):
   """A bad record in strict mode, or an unreadable annotation file."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-  """One (video, query) pair; times in seconds, clipped to [0, duration]."""
+  """One (video, query) pair; times in seconds, clipped as EMB clips them (start = max(0, start),
+  end = min(end, duration)), so start > end is possible for a kept questionable record."""
 
   video_id: str
   start: float
@@ -37,30 +50,38 @@ class Pair:
 
 @dataclasses.dataclass(frozen=True)
 class BadRecord:
+  """A reported record: where it is, what is wrong, and whether its pair was kept anyway."""
+
   source: str
   reason: str
+  kept: bool = False
 
 
 @dataclasses.dataclass
 class Annotations:
-  """The valid pairs of one file, in file order, and the bad records that were skipped."""
+  """The pairs of one file that will be used, in file order, and every reported record."""
 
   path: str
   family: str
   pairs: list[Pair]
   bad: list[BadRecord]
   file_videos: int  # distinct videos in the file, bad records included
+  policy: str = "reference"
 
   @property
   def videos(self) -> list[str]:
     return list(dict.fromkeys(p.video_id for p in self.pairs))
 
   def summary(self) -> dict[str, Any]:
-    return {"file": self.path, "family": self.family, "videos": len(self.videos),
-            "pairs": len(self.pairs), "records": len(self.pairs) + len(self.bad),
+    """Counts for inspect and meta.json; `pairs` is the number of pairs that will be used."""
+    kept = sum(b.kept for b in self.bad)
+    return {"file": self.path, "family": self.family, "bad_record_policy": self.policy,
+            "videos": len(self.videos), "pairs": len(self.pairs),
+            "records": len(self.pairs) + len(self.bad) - kept,
             "file_videos": self.file_videos,
             "clipped_moments": sum(p.clipped for p in self.pairs),
-            "bad_records": len(self.bad),
+            "bad_records": len(self.bad), "kept_bad_records": kept,
+            "skipped_records": len(self.bad) - kept,
             "bad": [dataclasses.asdict(b) for b in self.bad]}
 
 
@@ -72,9 +93,19 @@ def _number(value) -> float | None:
   return number if math.isfinite(number) else None
 
 
+def _questionable(start: float, end: float, duration: float) -> str | None:
+  """Why EMB would keep this moment although it is wrong, or None when it is fine."""
+  if start > end:
+    return f"start {start} > end {end}"
+  if start >= duration or end <= 0:
+    return f"moment [{start}, {end}] lies outside the video [0, {duration}]"
+  return None
+
+
 def make_pair(video_id: str, start, end, sentence, duration, source: str,
-              bad: list[BadRecord]) -> Pair | None:
-  """Validates and clips one moment; appends a BadRecord and returns None when it is bad."""
+              bad: list[BadRecord], keep_questionable: bool = True) -> Pair | None:
+  """Validates and clips one moment; appends a BadRecord when it is unusable (returns None) or
+  questionable (returns its pair when `keep_questionable`, as EMB does, else None)."""
   start_s, end_s = _number(start), _number(end)
   if start_s is None or end_s is None:
     bad.append(BadRecord(source, f"non-numeric or missing time: start={start!r} end={end!r}"))
@@ -85,13 +116,11 @@ def make_pair(video_id: str, start, end, sentence, duration, source: str,
   if not isinstance(sentence, str) or not sentence.strip():
     bad.append(BadRecord(source, "empty sentence"))
     return None
-  if start_s > end_s:
-    bad.append(BadRecord(source, f"start {start_s} > end {end_s}"))
-    return None
-  if start_s >= duration or end_s <= 0:
-    bad.append(BadRecord(source, f"moment [{start_s}, {end_s}] lies outside the video "
-                                 f"[0, {duration}]"))
-    return None
+  problem = _questionable(start_s, end_s, duration)
+  if problem:
+    bad.append(BadRecord(source, problem, kept=keep_questionable))
+    if not keep_questionable:
+      return None
   clipped_start, clipped_end = max(0.0, start_s), min(end_s, duration)
   return Pair(video_id, clipped_start, clipped_end, sentence, duration, source,
               clipped=(clipped_start != start_s or clipped_end != end_s))
@@ -120,7 +149,8 @@ def read_durations(path: str) -> dict[str, float]:
   return out
 
 
-def read_charades_sta(path: str, durations: dict[str, float]) -> Annotations:
+def read_charades_sta(path: str, durations: dict[str, float],
+                      keep_questionable: bool = True) -> Annotations:
   """`vid start end##sentence` lines; durations from charades.json."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"annotation file not found: {path}")
@@ -142,7 +172,8 @@ def read_charades_sta(path: str, durations: dict[str, float]) -> Annotations:
         continue
       vid, start, end = fields
       seen.add(vid)
-      pair = make_pair(vid, start, end, sentence, durations.get(vid), source, bad)
+      pair = make_pair(vid, start, end, sentence, durations.get(vid), source, bad,
+                       keep_questionable)
       if pair:
         pairs.append(pair)
   return Annotations(path, "charades_sta", pairs, bad, len(seen))
@@ -160,7 +191,8 @@ def _json_family(records: dict[str, Any]) -> tuple[str, str]:
   return "json", "duration"
 
 
-def read_json_annotations(path: str, durations: dict[str, float] | None = None) -> Annotations:
+def read_json_annotations(path: str, durations: dict[str, float] | None = None,
+                          keep_questionable: bool = True) -> Annotations:
   """{vid: {timestamps: [[s, e], ...], sentences: [...], duration | video_duration}}."""
   data = _load_json(path)
   if not isinstance(data, dict):
@@ -181,32 +213,43 @@ def read_json_annotations(path: str, durations: dict[str, float] | None = None) 
       bad.append(BadRecord(f"{name}:{vid}", "missing 'timestamps' or 'sentences' list"))
       continue
     if len(timestamps) != len(sentences):
+      # EMB zips the two lists: the pairs of the shorter one are used, nothing else is lost.
       bad.append(BadRecord(f"{name}:{vid}", f"{len(timestamps)} timestamps but "
-                                            f"{len(sentences)} sentences"))
+                                            f"{len(sentences)} sentences: the first "
+                                            f"{min(len(timestamps), len(sentences))} are used",
+                           kept=True))
     for index, (stamp, sentence) in enumerate(zip(timestamps, sentences)):
       source = f"{name}:{vid}[{index}]"
       if not isinstance(stamp, (list, tuple)) or len(stamp) != 2:
         bad.append(BadRecord(source, f"timestamp {stamp!r} is not [start, end]"))
         continue
-      pair = make_pair(vid, stamp[0], stamp[1], sentence, duration, source, bad)
+      pair = make_pair(vid, stamp[0], stamp[1], sentence, duration, source, bad,
+                       keep_questionable)
       if pair:
         pairs.append(pair)
   return Annotations(path, family, pairs, bad, len(data))
 
 
 def read_annotations(path: str, durations: str | dict[str, float] | None = None,
-                     strict: bool = False) -> Annotations:
+                     strict: bool = False, bad_records: str = "reference") -> Annotations:
   """Reads any supported annotation file. `durations`: charades.json (path or dict), needed for
-  Charades-STA txt files. With strict=True any bad record raises BadAnnotation naming it."""
+  Charades-STA txt files. `bad_records`: "reference", "skip" or "fail" (module docstring);
+  strict=True is "fail": any reported record raises BadAnnotation naming it."""
+  if bad_records not in BAD_RECORD_POLICIES:
+    raise ConfigError(f"unknown bad_records policy {bad_records!r}: expected one of "
+                     f"{', '.join(BAD_RECORD_POLICIES)}")
+  policy = "fail" if strict else bad_records
+  keep = policy == "reference"
   if isinstance(durations, str):
     durations = read_durations(durations)
   if path.endswith(".txt"):
     if durations is None:
       raise BadAnnotation(f"{path}: Charades-STA txt files need --durations charades.json")
-    annotations = read_charades_sta(path, durations)
+    annotations = read_charades_sta(path, durations, keep)
   else:
-    annotations = read_json_annotations(path, durations)
-  if strict and annotations.bad:
+    annotations = read_json_annotations(path, durations, keep)
+  annotations.policy = policy
+  if policy == "fail" and annotations.bad:
     first = annotations.bad[0]
     raise BadAnnotation(f"{len(annotations.bad)} bad records in {path}; first: {first.source}: "
                         f"{first.reason}")

@@ -1,10 +1,13 @@
 """Snippet features: a folder of `<video_id>.npy` (optionally with feature_shapes.json) or one HDF5
-file with a dataset per video id; and EMB's reduction to at most 128 snippets (docs/design.md section 1)."""
+file with a dataset per video id; and EMB's reduction to at most 128 snippets (docs/design.md
+section 1)."""
 
 import json
 import os
 
 import numpy as np
+
+from tea_jax.errors import ConfigError, InputError
 
 
 class MissingFeatures(KeyError):
@@ -26,7 +29,10 @@ class FeatureSource:
                           for k, v in json.load(f).items()}
     elif os.path.isfile(path) and path.endswith((".h5", ".hdf5")):
       import h5py  # pylint: disable=import-outside-toplevel
-      self._h5 = h5py.File(path, "r")
+      try:
+        self._h5 = h5py.File(path, "r")
+      except OSError as e:  # not HDF5, truncated: h5py's message does not name the file
+        raise InputError(f"cannot open features {path}: {e}") from e
     else:
       raise FileNotFoundError(f"features not found: {path} (expected a folder of <vid>.npy or an "
                               f".h5/.hdf5 file)")
@@ -41,23 +47,26 @@ class FeatureSource:
     if self._h5 is not None:
       if video_id not in self._h5:
         raise MissingFeatures(f"no dataset {video_id!r} in {self.path}")
-      feats = np.asarray(self._h5[video_id], dtype=np.float32)
       where = f"{self.path}:{video_id}"
+      try:
+        feats = np.asarray(self._h5[video_id], dtype=np.float32)
+      except (OSError, TypeError, ValueError) as e:  # unreadable or non-numeric dataset
+        raise InputError(f"cannot read features {where}: {e}") from e
     else:
       where = os.path.join(self.path, f"{video_id}.npy")
       if not os.path.isfile(where):
         raise MissingFeatures(f"no features for video {video_id!r}: {where} does not exist")
       try:
         feats = np.load(where).astype(np.float32)
-      except (ValueError, OSError) as e:
-        raise ValueError(f"cannot read features {where}: {e}") from e
+      except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or cut .npy file
+        raise InputError(f"cannot read features {where}: {e}") from e
     if feats.ndim != 2 or feats.shape[0] == 0:
-      raise ValueError(f"features {where} have shape {feats.shape}, expected (T > 0, D)")
+      raise InputError(f"features {where} have shape {feats.shape}, expected (T > 0, D)")
     if not np.all(np.isfinite(feats)):
-      raise ValueError(f"features {where} contain NaN or inf")
+      raise InputError(f"features {where} contain NaN or inf")
     if self.lengths is not None and video_id in self.lengths \
         and self.lengths[video_id] != feats.shape[0]:
-      raise ValueError(f"features {where} have {feats.shape[0]} rows but feature_shapes.json "
+      raise InputError(f"features {where} have {feats.shape[0]} rows but feature_shapes.json "
                        f"says {self.lengths[video_id]}")
     return feats
 
@@ -74,7 +83,7 @@ def reduce_snippets(feats: np.ndarray, max_snippets: int = 128, mode: str = "mea
   if t <= max_snippets:
     return feats.astype(np.float32)
   if mode not in ("mean", "max"):
-    raise ValueError(f"unknown pooling {mode!r}: expected 'mean' or 'max'")
+    raise ConfigError(f"unknown pooling {mode!r}: expected 'mean' or 'max'")
   edges = np.round(np.arange(max_snippets + 1, dtype=np.float64) / max_snippets * t).astype(int)
   edges = np.minimum(edges, t - 1)
   out = np.empty((max_snippets, feats.shape[1]), np.float32)

@@ -1,4 +1,4 @@
-"""`python -m data_prep.inspect FILE`: summarise an annotation file (data_prep/annotation_report.py).
+"""`python -m data_prep.inspect FILE`: summarise an annotation file (data_prep/annotation_report).
 
 The code lives in annotation_report so that no module of the project is named like the standard
 library's `inspect`.

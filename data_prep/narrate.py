@@ -1,8 +1,8 @@
-"""`python -m data_prep.narrate [merge]`: narrate videos with an MLLM (data_prep/narration/pipeline.py)."""
+"""`python -m data_prep.narrate [merge]`: narrate videos with an MLLM (data_prep/narration/cli)."""
 
 import sys
 
-from data_prep.narration.pipeline import main
+from data_prep.narration.cli import main
 
 if __name__ == "__main__":
   sys.exit(main())

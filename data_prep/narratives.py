@@ -1,4 +1,5 @@
-"""Narration output (JSON lines) and its alignment to video snippets (TEA Eq. 3, docs/design.md section 1).
+"""Narration output (JSON lines) and its alignment to video snippets (TEA Eq. 3, docs/design.md
+section 1).
 
 One line per video, as `python -m data_prep.narrate` writes it:
   {"video_id": "AO8RW", "interval": 1.0, "narratives": [{"t": 0.0, "text": "..."}, ...], ...}
@@ -11,9 +12,10 @@ from typing import Protocol
 import numpy as np
 
 from data_prep.text import tokenize
+from tea_jax.errors import InputError
 
 
-class BadNarratives(ValueError):
+class BadNarratives(InputError):
   """An unreadable narratives file or line."""
 
 

@@ -1,6 +1,7 @@
 """A small synthetic moment-retrieval benchmark written in the REAL input formats.
 
-    python -m data_prep.synthetic --out demo_data [--videos 260 --seed 0]
+    python -m data_prep.synthetic --out demo_data [--videos 260 --seed 0] [--video-dim 1024] \
+        [--write-videos]
 
 Writes, under --out:
   charades_sta_{train,val,test,test_ood,novel_word,novel_composition}.txt  `vid start end##sentence`
@@ -8,6 +9,9 @@ Writes, under --out:
   features/<vid>.npy       (T, video_dim) float32 snippet features, one per second
   glove.txt                GloVe-format word vectors (`word v1 ... vD`), including a malformed line
   narratives.jsonl         one line per video, as data_prep.narrate writes it
+  videos/<vid>.mp4         with --write-videos: a small video per video id, its length the
+                           annotated duration, each action segment drawn as a coloured card naming
+                           the action (for the frame strip of `tea_jax.predict --plot --videos`)
 
 The world: an action is a (verb, object) pair. A video is a sequence of 2-4 action segments over a
 background. Snippet features carry a weak, noisy visual signature of the action on screen (verb and
@@ -16,14 +20,15 @@ object parts), so vision alone is ambiguous. Queries describe ONE segment with a
 scene words), and some seconds are mislabelled: the text channel TEA adds is informative but noisy.
 Word vectors give synonyms nearby vectors, as GloVe would.
 
-Splits: `train`; `val` and `test` drawn like train; `test_ood`: moments placed where train never puts them
-(train moments start in the first 60% of a video, ood moments in the last 40%); `novel_word`: queries
-use verb synonyms that never occur in training queries but do occur in training narratives;
-`novel_composition`: (verb, object) pairs never queried in training. Nothing here is tuned to make
-TEA win: the same generator feeds EMB and TEA.
+Splits: `train`; `val` and `test` drawn like train; `test_ood`: moments placed where train never
+puts them (train moments start in the first 60% of a video, ood moments in the last 40%);
+`novel_word`: queries use verb synonyms that never occur in training queries but do occur in
+training narratives; `novel_composition`: (verb, object) pairs never queried in training. Nothing
+here is tuned to make TEA win: the same generator feeds EMB and TEA.
 """
 
 import argparse
+import colorsys
 import json
 import os
 
@@ -77,7 +82,8 @@ class World:
     """(T = duration, D): background drift + weak action signatures + noise."""
     rng = self.rng
     t = duration
-    drift = np.cumsum(rng.normal(size=(t, self.video_dim)) * 0.3, axis=0) / np.sqrt(np.arange(1, t + 1))[:, None]
+    steps = rng.normal(size=(t, self.video_dim)) * 0.3
+    drift = np.cumsum(steps, axis=0) / np.sqrt(np.arange(1, t + 1))[:, None]
     feats = drift + rng.normal(size=(t, self.video_dim)) * 1.0
     for (verb, obj), start, end in segments:
       strength = rng.uniform(0.35, 0.7)
@@ -89,7 +95,8 @@ def caption(rng: np.random.Generator, verb: str | None, obj: str | None) -> str:
   """A narrator-style caption of one second: synonyms and scene words, sometimes background."""
   scene = " ".join(rng.choice(SCENE_WORDS, size=rng.integers(3, 7)))
   if verb is None:
-    return f"a person is standing in the {rng.choice(['kitchen', 'bedroom', 'hallway'])} . {scene} ."
+    room = rng.choice(["kitchen", "bedroom", "hallway"])
+    return f"a person is standing in the {room} . {scene} ."
   v = rng.choice([verb] + VERBS[verb])
   o = rng.choice([obj] + OBJECTS[obj])
   return f"a person {third_person(v)} the {o} {scene} ."
@@ -129,14 +136,52 @@ def make_video(rng, world, split, seconds=(20, 40)):
   return duration, feats, narratives, segments
 
 
+def action_colour(verb: str, obj: str) -> tuple[int, int, int]:
+  """A colour per (verb, object): the verb picks the hue, the object the brightness."""
+  hue = sorted(VERBS).index(verb) / len(VERBS)
+  value = 0.55 + 0.4 * sorted(OBJECTS).index(obj) / len(OBJECTS)
+  return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.6, value))
+
+
+def write_video(path: str, duration: int, segments, fps: int = 4,
+                size: tuple[int, int] = (160, 120)) -> None:
+  """A video of `duration` seconds: grey background frames, and during each action segment a card
+  of the action's colour naming it ("opens door"); the second is printed in a corner. Uses no
+  random numbers, so writing videos leaves the rest of the benchmark unchanged."""
+  import av  # pylint: disable=import-outside-toplevel
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=import-outside-toplevel
+  font = ImageFont.load_default(size=max(10, size[1] // 8))
+  with av.open(path, "w") as container:
+    stream = container.add_stream("mpeg4", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+    stream.bit_rate = 200_000  # legible text; still cards compress to a few kB per second
+    for i in range(duration * fps):
+      second = i / fps
+      image = Image.new("RGB", size, (90, 90, 90))
+      draw = ImageDraw.Draw(image)
+      for (verb, obj), start, end in segments:
+        if start <= second < end:
+          draw.rectangle((8, 8, size[0] - 8, size[1] - 24), fill=action_colour(verb, obj))
+          draw.text((size[0] // 2, size[1] // 2 - 8), f"{third_person(verb)}\n{obj}", fill="black",
+                    font=font, anchor="mm", align="center")
+      draw.text((4, size[1] - 4), f"{int(second)}s", fill="white", font=font, anchor="ld")
+      frame = av.VideoFrame.from_ndarray(np.asarray(image), format="rgb24")
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
 def query_text(verb: str, obj: str, use_synonym: bool, rng) -> str:
   v = rng.choice(VERBS[verb]) if use_synonym else verb
   return f"person {third_person(v)} the {obj}."
 
 
 def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
-             word_dim: int = 50, seconds: tuple[int, int] = (20, 40)) -> dict:
-  """Writes the benchmark; returns counts per split."""
+             word_dim: int = 50, seconds: tuple[int, int] = (20, 40),
+             write_videos: bool = False) -> dict:
+  """Writes the benchmark (and with `write_videos` a video file per video); returns counts per
+  split."""
   rng = np.random.default_rng(seed)
   world = World(rng, video_dim)
   os.makedirs(os.path.join(out, "features"), exist_ok=True)
@@ -150,6 +195,9 @@ def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
     vid = f"S{n:04d}"
     duration, feats, narratives, segments = make_video(rng, world, split, seconds)
     np.save(os.path.join(out, "features", f"{vid}.npy"), feats)
+    if write_videos:
+      os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+      write_video(os.path.join(out, "videos", f"{vid}.mp4"), duration, segments)
     durations[vid] = {"duration": float(duration), "subset": split}
     narration_lines.append({"video_id": vid, "interval": 1.0, "narratives": narratives,
                             "model": "synthetic", "prompt": None})
@@ -184,8 +232,11 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--video-dim", type=int, default=256)
   parser.add_argument("--word-dim", type=int, default=50)
+  parser.add_argument("--write-videos", action="store_true",
+                      help="also write videos/<vid>.mp4 (frames for tea_jax.predict --plot)")
   args = parser.parse_args(argv)
-  counts = generate(args.out, args.videos, args.seed, args.video_dim, args.word_dim)
+  counts = generate(args.out, args.videos, args.seed, args.video_dim, args.word_dim,
+                    write_videos=args.write_videos)
   print(json.dumps({"out": args.out, "pairs": counts}))
 
 

@@ -3,17 +3,23 @@
 Layout of a workdir:
   config.json            the experiment config (ml_collections, as a dict)
   vocab.json             the vocabulary the embedding table implies
-  checkpoints/<step>/    the latest Orbax checkpoints; items `variables` = {"params", "frozen"}
-                         and (training) `train_state` = {optimizer state, step}
-  best/<step>/           the best checkpoint by the configured metric (same items)
-  best.json              which step is best, by which metric and split, and its value
+  checkpoints/<step>/    Orbax checkpoints; items `variables` = {"params", "frozen"} and (training)
+                         `train_state` = {optimizer state, step}; a checkpoint evaluated on the
+                         selection split carries its metrics (Orbax stores them with it)
+
+One CheckpointManager per run decides what is kept (docs/design.md section 18): the latest
+`keep_latest` checkpoints and the best one by the selection metric (ties go to the earlier step), so
+the best checkpoint is a fact on disk, written in the same atomic step as the checkpoint itself.
 
 Checkpoints restore onto the devices of the restoring run, replicated, whatever topology saved
 them: a checkpoint written by two hosts evaluates on one CPU, and the other way round.
 """
 
 import json
+import logging
 import os
+import shutil
+import time
 from typing import Any
 
 import jax
@@ -21,13 +27,22 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from orbax.checkpoint import checkpoint_managers
 
+from tea_jax.errors import CheckpointError
 from tea_jax.mesh import make_mesh
 
+log = logging.getLogger("tea_jax")
+
 CHECKPOINT_DIR = "checkpoints"
-BEST_DIR = "best"
+# Damaged checkpoints are moved here (never deleted) when a run falls back to an older one.
+DAMAGED_DIR = "damaged_checkpoints"
 VARIABLES = "variables"
 TRAIN_STATE = "train_state"
+# The metric entry every evaluated checkpoint carries: the configured selection metric's value.
+SELECTION = "selection_value"
+# Layout of workdirs written before the manager kept the best checkpoint itself.
+_OLD_BEST = ("best", "best.json")
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
@@ -39,40 +54,64 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def manager(workdir: str, *, subdir: str = CHECKPOINT_DIR, max_to_keep: int | None = None,
-            read_only: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over `workdir/<subdir>` with the `variables` and `train_state` items."""
-  directory = os.path.join(os.path.abspath(workdir), subdir)
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
-                                         read_only=read_only, enable_async_checkpointing=False)
+def _ranking(metrics: dict) -> tuple[float, int]:
+  """Sort key of an evaluated checkpoint: higher selection value first, then the earlier step."""
+  return metrics[SELECTION], -metrics["step"]
+
+
+def check_layout(workdir: str) -> None:
+  """Refuses workdirs of the older layout (a best/ folder and best.json kept by hand)."""
+  old = [name for name in _OLD_BEST if os.path.exists(os.path.join(workdir, name))]
+  if old:
+    raise CheckpointError(f"workdir {workdir} was written by an older tea_jax "
+                          f"({' and '.join(old)}); "
+                     f"train into a new workdir, or evaluate one of its checkpoints in "
+                     f"{CHECKPOINT_DIR}/ with --step N")
+
+
+def manager(workdir: str, *, keep_latest: int = 2, read_only: bool = False
+            ) -> ocp.CheckpointManager:
+  """The run's CheckpointManager over `workdir/checkpoints`: keeps the latest `keep_latest`
+  checkpoints and the best evaluated one."""
+  check_layout(workdir)
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  policy = checkpoint_managers.AnyPreservationPolicy([
+      checkpoint_managers.LatestN(n=keep_latest),
+      checkpoint_managers.BestN(get_metric_fn=_ranking, n=1,
+                                keep_checkpoints_without_metrics=False)])
+  options = ocp.CheckpointManagerOptions(
+      create=not read_only, read_only=read_only, enable_async_checkpointing=False,
+      preservation_policy=None if read_only else policy, best_fn=_ranking, best_mode="max")
   # Explicit handlers let item_metadata() describe a checkpoint before anything is restored.
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
               TRAIN_STATE: ocp.StandardCheckpointHandler()}
   return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
-def save(workdir: str, step: int, variables: Any, train_state: Any = None, *,
-         subdir: str = CHECKPOINT_DIR, max_to_keep: int | None = None) -> str:
-  """Saves a checkpoint (atomically: Orbax writes a temporary folder and renames it)."""
+def save(mngr: ocp.CheckpointManager, step: int, variables: Any, train_state: Any = None,
+         metrics: dict | None = None) -> None:
+  """Saves checkpoint `step` (Orbax writes a temporary folder and renames it). `metrics` (the
+  selection split's summary plus SELECTION) mark it as evaluated."""
   items = {VARIABLES: ocp.args.StandardSave(variables)}
   if train_state is not None:
     items[TRAIN_STATE] = ocp.args.StandardSave(train_state)
-  with manager(workdir, subdir=subdir, max_to_keep=max_to_keep) as mngr:
-    mngr.save(step, args=ocp.args.Composite(**items), force=True)
-    mngr.wait_until_finished()
-    return os.path.join(str(mngr.directory), str(step))
+  if metrics is not None:
+    metrics = {**metrics, "step": int(step)}
+  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+  mngr.wait_until_finished()
 
 
 def save_variables(workdir: str, variables: Any, step: int = 0) -> str:
   """Saves flax variables only (imports); returns the checkpoint directory."""
-  return save(workdir, step, variables)
+  with manager(workdir) as mngr:
+    save(mngr, step, variables)
+    return os.path.join(str(mngr.directory), str(step))
 
 
-def steps(workdir: str, subdir: str = CHECKPOINT_DIR) -> list[int]:
-  if not os.path.isdir(os.path.join(workdir, subdir)):
-    return []
-  with manager(workdir, subdir=subdir, read_only=True) as mngr:
-    return sorted(mngr.all_steps())
+def best_step(mngr: ocp.CheckpointManager) -> int | None:
+  """The best evaluated checkpoint, else the latest one, else None."""
+  evaluated = [s for s in mngr.all_steps() if mngr.metrics(s) is not None]
+  return mngr.best_step() if evaluated else mngr.latest_step()
 
 
 def _targets(tree):
@@ -83,41 +122,86 @@ def _targets(tree):
                       is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
-def restore(workdir: str, step: int, *, subdir: str = CHECKPOINT_DIR, variables_like=None,
+def restore(mngr: ocp.CheckpointManager, step: int, *, variables_like=None,
             train_state_like=None) -> dict[str, Any]:
   """Restores the items of checkpoint `step`; `*_like` give target structures (e.g. optax states);
   without `variables_like`, the variables' structure is read from the checkpoint."""
-  with manager(workdir, subdir=subdir, read_only=True) as mngr:
-    if variables_like is None:
-      metadata = mngr.item_metadata(step)[VARIABLES]
-      variables_like = getattr(metadata, "tree", metadata)
-    items = {VARIABLES: ocp.args.StandardRestore(_targets(variables_like))}
-    if train_state_like is not None:
-      items[TRAIN_STATE] = ocp.args.StandardRestore(_targets(train_state_like))
-    return dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
+  if variables_like is None:
+    metadata = mngr.item_metadata(step)[VARIABLES]
+    variables_like = getattr(metadata, "tree", metadata)
+  items = {VARIABLES: ocp.args.StandardRestore(_targets(variables_like))}
+  if train_state_like is not None:
+    items[TRAIN_STATE] = ocp.args.StandardRestore(_targets(train_state_like))
+  return dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
+
+
+def _leaf_shapes(tree) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+          for path, leaf in leaves}
+
+
+def _check_architecture(mngr, step: int, variables_like) -> None:
+  """A readable checkpoint written for another model is a configuration mistake, not damage."""
+  metadata = mngr.item_metadata(step)[VARIABLES]
+  saved = _leaf_shapes(getattr(metadata, "tree", metadata))
+  wanted = _leaf_shapes(variables_like)
+  if saved != wanted:
+    diff = sorted(set(saved.items()) ^ set(wanted.items()))[0]
+    raise CheckpointError(f"checkpoint {mngr.directory / str(step)} was written for another model "
+                          f"than this config makes (first difference: {diff[0]} {diff[1]}); "
+                          f"resume with the config it was trained with or use a new workdir")
+
+
+def restore_latest_intact(mngr, variables_like, train_state_like) -> dict[str, Any] | None:
+  """Restores the newest checkpoint that can be read; damaged newer ones are reported in one line
+  each and moved to <workdir>/damaged_checkpoints/ (kept, never deleted). None when there is
+  no checkpoint at all."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      _check_architecture(mngr, step, variables_like)
+      return restore(mngr, step, variables_like=variables_like,
+                     train_state_like=train_state_like)
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax raises many types for unreadable files; any of them makes the checkpoint unusable.
+      _set_aside(mngr, step, e)
+  return None
+
+
+def _set_aside(mngr, step: int, error: Exception) -> None:
+  source = mngr.directory / str(step)
+  target = mngr.directory.parent / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+  log.warning("checkpoint %s cannot be read (%s: %s); moved it to %s and falling back to the "
+              "previous one", source, type(error).__name__, _first_line(error), target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  shutil.move(str(source), str(target))
+  mngr.reload()
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return text[0][:200] if text else ""
 
 
 def restore_variables(workdir: str, step: int | None = None) -> tuple[Any, int]:
-  """Variables of checkpoint `step` (searched in checkpoints/ and best/), else of the best
-  checkpoint, else of the latest one. Returns (variables, step)."""
-  latest, best = steps(workdir, CHECKPOINT_DIR), steps(workdir, BEST_DIR)
-  if not latest and not best:
-    raise FileNotFoundError(f"no checkpoint in workdir {workdir!r} ({CHECKPOINT_DIR}/ or "
-                            f"{BEST_DIR}/)")
-  if step is None:
-    subdir, step = (BEST_DIR, best[-1]) if best else (CHECKPOINT_DIR, latest[-1])
-  elif step in best:
-    subdir = BEST_DIR
-  elif step in latest:
-    subdir = CHECKPOINT_DIR
-  else:
-    raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}; it has "
-                            f"{sorted(set(latest) | set(best))}")
-  return restore(workdir, step, subdir=subdir)[VARIABLES], step
-
-
-def read_json(path: str, default=None):
-  if not os.path.isfile(path):
-    return default
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  """Variables of checkpoint `step`, else of the best evaluated checkpoint, else of the latest one.
+  Returns (variables, step). A damaged checkpoint is an error naming it (no fallback: the caller
+  asked for that checkpoint)."""
+  with manager(workdir, read_only=True) as mngr:
+    steps = sorted(mngr.all_steps())
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in workdir {workdir!r} ({CHECKPOINT_DIR}/)")
+    if step is None:
+      step = best_step(mngr)
+    elif step not in steps:
+      raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}; it has {steps}")
+    try:
+      return restore(mngr, step)[VARIABLES], step
+    except Exception as e:  # pylint: disable=broad-except
+      others = [s for s in steps if s != step]
+      raise CheckpointError(f"checkpoint {mngr.directory / str(step)} cannot be read "
+                            f"({type(e).__name__}: {_first_line(e)}): it is damaged; evaluate "
+                            f"another one with --step N (this workdir also has {others})") from e

@@ -5,8 +5,9 @@ process, another ablation with the same shapes) loads them in seconds.
 Where the cache lives, first match:
   1. an explicit directory (config.compilation_cache), "off" to disable;
   2. the TEA_JAX_COMPILATION_CACHE environment variable (same values);
-  3. `.jax_cache` beside the run's workdir (shared by the runs of one parent folder), if writable;
-  4. the user cache folder: $XDG_CACHE_HOME/tea_jax/jax_cache, else ~/.cache/tea_jax/jax_cache.
+  3. JAX's own setting, if the process already has one (JAX_COMPILATION_CACHE_DIR), untouched;
+  4. `.jax_cache` beside the run's workdir (shared by the runs of one parent folder), if writable;
+  5. the user cache folder: $XDG_CACHE_HOME/tea_jax/jax_cache, else ~/.cache/tea_jax/jax_cache.
 
 The cache holds compiled executables that JAX loads and runs: like any code folder it must only be
 writable by people you trust.
@@ -47,6 +48,10 @@ def resolve_directory(directory: str | None = None, workdir: str | None = None) 
 def enable(directory: str | None = None, workdir: str | None = None) -> str | None:
   """Turns on the persistent compilation cache (before the first compilation of the process, or
   it re-points JAX's cache). Returns the folder, or None when switched off."""
+  configured = jax.config.jax_compilation_cache_dir
+  if not directory and not os.environ.get(ENV_VAR) and configured:
+    log.info("persistent compilation cache (JAX's setting): %s", configured)
+    return configured
   path = resolve_directory(directory, workdir)
   if path is None:
     log.info("persistent compilation cache off")

@@ -6,7 +6,8 @@ From a checkpoint to outputs in three lines:
     config, params = inference.load_params("path/to/workdir")
     outputs = inference.forward(config, params, batch)
 
-`params` is the flax variables dict {"params": trainable, "frozen": word vectors + positional table}.
+`params` is the flax variables dict {"params": trainable, "frozen": word vectors and positional
+table}.
 `batch` holds video (B, L, Dv) float32, video_mask (B, L), word_ids (B, W) int32, query_mask (B, W)
 and, when the narrative merge or the paragraph branch is on, narrative (B, L, Dn).
 """
@@ -20,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from tea_jax import checkpointing
+from tea_jax.errors import InputError
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 
@@ -27,7 +29,7 @@ INPUT_KEYS = ("video", "video_mask", "word_ids", "query_mask", "narrative")
 
 
 def model_config(config: Any) -> ModelConfig:
-  """The ModelConfig of an experiment config (with `.model`), a model ConfigDict or a ModelConfig."""
+  """The ModelConfig of an experiment config (with `.model`), a model ConfigDict, or itself."""
   return ModelConfig.from_config(config)
 
 
@@ -48,7 +50,7 @@ def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> Non
   needs_narrative = c.uses_narrative
   for key in INPUT_KEYS[:4] + (("narrative",) if needs_narrative else ()):
     if key not in batch:
-      raise ValueError(f"batch lacks {key!r}; forward needs {INPUT_KEYS[:4]}"
+      raise InputError(f"batch lacks {key!r}; forward needs {INPUT_KEYS[:4]}"
                        + (" and 'narrative'" if needs_narrative else ""))
   b, length, dv = np.shape(batch["video"])
   expect = {"video_mask": (b, length), "word_ids": (b, np.shape(batch["word_ids"])[-1]),
@@ -57,12 +59,12 @@ def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> Non
     expect["narrative"] = (b, length, c.narrative_dim)
   for key, shape in expect.items():
     if tuple(np.shape(batch[key])) != tuple(shape):
-      raise ValueError(f"batch[{key!r}] has shape {np.shape(batch[key])}, expected {shape}")
+      raise InputError(f"batch[{key!r}] has shape {np.shape(batch[key])}, expected {shape}")
   if dv != c.video_dim:
-    raise ValueError(f"batch['video'] has {dv} channels, config.model.video_dim is {c.video_dim}")
+    raise InputError(f"batch['video'] has {dv} channels, config.model.video_dim is {c.video_dim}")
   words = np.shape(batch["word_ids"])[1]
   if max(length, words) > c.max_positions:
-    raise ValueError(f"L={length} or W={words} exceeds config.model.max_positions="
+    raise InputError(f"L={length} or W={words} exceeds config.model.max_positions="
                      f"{c.max_positions}")
 
 

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from tea_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
@@ -28,7 +30,8 @@ class LossConfig:
 
   def __post_init__(self):
     if self.highlight_end not in ("min", "max"):
-      raise ValueError(f"config.loss.highlight_end={self.highlight_end!r}: expected 'min' or 'max'")
+      raise ConfigError(f"config.loss.highlight_end={self.highlight_end!r}: expected 'min' or "
+                        f"'max'")
 
   @classmethod
   def from_config(cls, config) -> "LossConfig":

@@ -1,17 +1,19 @@
 """Command line: train and evaluate, or evaluate a checkpoint.
 
-    python -m tea_jax.main --config configs/charades.py --workdir runs/charades [--config.batch_size=32]
-    python -m tea_jax.main --config configs/charades.py --workdir runs/charades --mode eval [--step N]
+    python -m tea_jax.main --config configs/charades.py --workdir runs/charades \
+        [--config.batch_size=32]
+    python -m tea_jax.main --config configs/charades.py --workdir runs/charades --mode eval \
+        [--step N]
 
 Training resumes automatically from the latest checkpoint in --workdir. `--mode eval` restores the
 best checkpoint (or --step) of --workdir, also one written by `python -m tea_jax.import_emb`, and
-writes metrics.json and predictions_<split>.jsonl there. The records must exist (data_prep.build_records;
-for configs/demo.py, `python -m tea_jax.demo --prepare_only` writes the synthetic data and its records).
+writes metrics.json and predictions_<split>.jsonl there. The records must exist
+(data_prep.build_records; for configs/demo.py, `python -m tea_jax.demo --prepare_only` writes the
+synthetic data and its records).
 """
 
 import json
 import os
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -30,19 +32,21 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   cli.setup_logging()
-  from tea_jax import train  # pylint: disable=import-outside-toplevel
+  from tea_jax import evaluate, train  # pylint: disable=import-outside-toplevel
   config = FLAGS.config
-  try:
-    if FLAGS.mode == "train":
-      result = train.train_and_evaluate(config, FLAGS.workdir)
-      print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))
-    else:
-      print(json.dumps(train.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step), indent=1))
-  except (FileNotFoundError, KeyError, ValueError, train.TrainingDiverged) as e:
-    # Bad inputs (missing records or checkpoints, wrong shapes, a diverged run): one clear line.
-    sys.exit(f"error: {e}")
+  if FLAGS.mode == "train":
+    result = cli.run_reporting(lambda: train.train_and_evaluate(config, FLAGS.workdir))
+    print(json.dumps(result.get("metrics", {"step": result["step"]}), indent=1))
+  else:
+    print(json.dumps(cli.run_reporting(
+        lambda: evaluate.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.step)), indent=1))
   print(f"outputs in {os.path.abspath(FLAGS.workdir)}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console entry point (`tea-jax`), the same as `python -m tea_jax.main`."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

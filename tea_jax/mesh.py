@@ -1,6 +1,9 @@
-"""The device mesh of every tea_jax run: one `data` axis over all devices of all processes."""
+"""The device mesh of every tea_jax run (one `data` axis over all devices of all processes), and
+the multi-host set-up."""
 
 import jax
+
+from tea_jax.errors import ConfigError
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -12,3 +15,28 @@ def make_mesh() -> jax.sharding.Mesh:
   """
   return jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize for multi-host runs (`config.distributed`), once per process."""
+  if not config.get("distributed", False) or jax.distributed.is_initialized():
+    return
+  # Processes on CPUs exchange gradients over Gloo (GPUs use NCCL whatever this says).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # Unset values (None) are left to JAX's cluster detection.
+  jax.distributed.initialize(
+      coordinator_address=config.get("coordinator_address") or None,
+      num_processes=config.get("num_processes") or None,
+      process_id=None if config.get("process_id", -1) < 0 else config.process_id)
+
+
+def is_primary() -> bool:
+  """The files beside the checkpoints are written by process 0 only (Orbax coordinates its own)."""
+  return jax.process_index() == 0
+
+
+def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
+  """Fails unless the global batch splits evenly over the devices."""
+  devices = jax.device_count()
+  if batch_size <= 0 or batch_size % devices:
+    raise ConfigError(f"{what}={batch_size} is not a positive multiple of the {devices} devices")

@@ -1,4 +1,9 @@
-"""Span decoding and the moment-retrieval metrics (docs/design.md section 11)."""
+"""Span decoding and the moment-retrieval metrics (docs/design.md section 11).
+
+Times and IoU are float64 and follow EMB's formula order (i d / v_len, (j + 1) d / v_len): a float32
+IoU of exactly 0.7 comes out as 0.69999999 and misses R1@0.7, and (j + 1) / v_len * d is not always
+(j + 1) d / v_len (12 / 21 * 21 = 12.000001 in float32).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -7,27 +12,44 @@ import numpy as np
 THRESHOLDS = (0.3, 0.5, 0.7)
 
 
+def span_probabilities(start_prob: jax.Array, end_prob: jax.Array) -> jax.Array:
+  """(..., L, L) P[i, j] = p_s[i] p_e[j] for i <= j and 0 below the diagonal (end before start)."""
+  return jnp.triu(start_prob[..., :, None] * end_prob[..., None, :])
+
+
 def decode_spans(start_prob: jax.Array, end_prob: jax.Array) -> tuple[jax.Array, ...]:
   """Best (i, j), i <= j, of the upper triangle of outer(p_s, p_e), and its probability.
 
   i = argmax_i max_j P, j = argmax_j max_i P (EMB's extract_index; both maxima are the same cell).
   """
-  outer = jnp.triu(start_prob[:, :, None] * end_prob[:, None, :])  # (B, L, L)
+  outer = span_probabilities(start_prob, end_prob)  # (B, L, L)
   start = jnp.argmax(outer.max(axis=2), axis=1)
   end = jnp.argmax(outer.max(axis=1), axis=1)
   return start, end, outer.max(axis=(1, 2))
 
 
-def index_to_time(start, end, v_len, duration):
-  """Snippet indices -> seconds, float32: (i d / v_len, (j + 1) d / v_len)."""
-  v_len = np.asarray(v_len, np.float32)
-  duration = np.asarray(duration, np.float32)
-  return (np.asarray(start, np.float32) / v_len * duration,
-          (np.asarray(end, np.float32) + 1) / v_len * duration)
+def top_spans(start_prob, end_prob, k: int) -> list[tuple[int, int, float]]:
+  """The k most probable spans (i, j, P[i, j]), i <= j, of one query's (L,) probabilities, best
+  first; ties keep row-major order, so the first equals decode_spans' span when it is unique."""
+  outer = np.asarray(span_probabilities(jnp.asarray(start_prob), jnp.asarray(end_prob)))  # (L, L)
+  flat = np.argsort(-outer, axis=None, kind="stable")[:k]
+  width = outer.shape[1]
+  return [(int(f // width), int(f % width), float(outer.flat[f])) for f in flat]
+
+
+def index_to_time(start, end, v_len, duration) -> tuple[np.ndarray, np.ndarray]:
+  """Snippet indices -> seconds, float64: (i d / v_len, (j + 1) d / v_len), in that order."""
+  v_len = np.asarray(v_len, np.float64)
+  duration = np.asarray(duration, np.float64)
+  return (np.asarray(start, np.float64) * duration / v_len,
+          (np.asarray(end, np.float64) + 1.0) * duration / v_len)
 
 
 def iou(pred_start, pred_end, true_start, true_end) -> np.ndarray:
-  """Temporal IoU of predicted and true moments in seconds (0 when disjoint)."""
+  """Temporal IoU in float64 of predicted and true moments in seconds (0 when disjoint, and for
+  a true moment whose start comes after its end)."""
+  pred_start, pred_end, true_start, true_end = (
+      np.asarray(x, np.float64) for x in (pred_start, pred_end, true_start, true_end))
   inter = np.minimum(pred_end, true_end) - np.maximum(pred_start, true_start)
   union = np.maximum(pred_end, true_end) - np.minimum(pred_start, true_start)
   return np.maximum(inter, 0.0) / np.maximum(union, 1e-12)

@@ -1,24 +1,25 @@
-"""Training and evaluation: `train_and_evaluate(config, workdir)` and `evaluate_checkpoint`.
+"""Training: `train_and_evaluate(config, workdir)`.
 
 The train step is pure and compiled once with `jax.jit` over a `jax.make_mesh` mesh with a `data`
 axis: parameters and optimiser state replicated, the batch sharded over devices, the state donated.
 The same code runs on 1 CPU, N GPUs and several hosts (`config.distributed` calls
 `jax.distributed.initialize`). The epoch-dependent IoU threshold is an argument, so nothing
-recompiles between epochs. Training resumes from the latest checkpoint of the workdir.
+recompiles between epochs. Training resumes from the latest checkpoint of the workdir; the chores
+of the loop (logging, progress, evaluation and checkpointing at epoch ends) are periodic actions
+(docs/design.md section 18).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import os
-import queue
-import threading
-import time
 from typing import TYPE_CHECKING
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -26,31 +27,49 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, files, inference, losses, metrics, optim
-from tea_jax.mesh import make_mesh
+from tea_jax import (checkpointing, compilation_cache, config_checks, evaluate, files, inference,
+                     losses, optim)
+from tea_jax.data.prefetch import prefetch_to_device
+from tea_jax.data.schema import data_path
+from tea_jax.errors import InputError, UserError
+from tea_jax.mesh import initialize_distributed, is_primary, make_mesh
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
-from tea_jax.data.schema import data_path
+from tea_jax.workdir import locked
 
 if TYPE_CHECKING:
   from tea_jax.data.input_pipeline import Records
 
 log = logging.getLogger("tea_jax")
 
-# Batch entries the jitted functions read (strings stay on the host).
-DEVICE_KEYS = ("video", "narrative", "video_mask", "word_ids", "query_mask", "start_label",
-               "end_label", "duration", "valid")
 
-
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(UserError, FloatingPointError):
   """The loss became NaN or inf."""
 
 
-def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
-  devices = jax.device_count()
-  if batch_size % devices:
-    raise ValueError(f"{what}={batch_size} is not divisible by the {devices} devices; use a "
-                     f"multiple of {devices}")
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Step arithmetic of a run: EMB's ceil(n / batch) updates per epoch."""
+
+  steps_per_epoch: int
+  num_epochs: int
+  max_steps: int = 0  # stop early (0: never); a later run resumes to the end
+
+  @property
+  def total_steps(self) -> int:
+    return self.num_epochs * self.steps_per_epoch
+
+  @property
+  def stop_at(self) -> int:
+    return min(self.total_steps, self.max_steps or self.total_steps)
+
+  def epoch(self, step: int) -> int:
+    """0-based epoch of the update that takes the state from `step` to `step + 1`."""
+    return step // self.steps_per_epoch
+
+  def epoch_ends(self) -> list[int]:
+    """Steps after which an epoch is complete."""
+    return list(range(self.steps_per_epoch, self.total_steps + 1, self.steps_per_epoch))
 
 
 def with_data_sizes(config: ml_collections.ConfigDict, records: Records
@@ -61,7 +80,7 @@ def with_data_sizes(config: ml_collections.ConfigDict, records: Records
   config.model.vocab_size = meta["vocab_size"]
   for key in ("video_dim", "word_dim", "narrative_dim"):
     if config.model[key] != meta[key]:
-      raise ValueError(f"config.model.{key}={config.model[key]} but the records in "
+      raise InputError(f"config.model.{key}={config.model[key]} but the records in "
                        f"{records.records_dir} have {meta[key]}")
   return config
 
@@ -72,7 +91,7 @@ def init_state(config, records: Records, tx, rng: jax.Array) -> tuple[dict, dict
   vectors = records.word_vectors()
   expected = variables["frozen"]["word_embedding"]["word_vectors"].shape
   if vectors.shape != expected:
-    raise ValueError(f"word_vectors.npy has shape {vectors.shape}, expected {expected}")
+    raise InputError(f"word_vectors.npy has shape {vectors.shape}, expected {expected}")
   variables = jax.tree_util.tree_map(np.asarray, variables)
   variables["frozen"]["word_embedding"]["word_vectors"] = vectors
   train_state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
@@ -95,9 +114,10 @@ def make_train_step(config, tx, mesh):
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables["params"])
     updates, opt_state = tx.update(grads, train_state["opt_state"], variables["params"])
-    params = jax.tree_util.tree_map(jnp.add, variables["params"], updates)
+    params = optax.apply_updates(variables["params"], updates)
     new_vars = {"params": params, "frozen": variables["frozen"]}
-    stats = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
+    # The optimiser has computed the global norm (one reduction over its flat vector).
+    stats = dict(parts, loss=loss, grad_norm=optim.last_grad_norm(opt_state))
     return new_vars, {"opt_state": opt_state, "step": step + 1}, stats
 
   replicated = NamedSharding(mesh, P())
@@ -106,260 +126,152 @@ def make_train_step(config, tx, mesh):
                  out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
 
 
-def make_eval_step(config, mesh):
-  """jit(forward + decoding) with a data-sharded batch."""
-  model = TEA(ModelConfig.from_config(config))
-
-  def eval_step(variables, batch):
-    out = model.apply(variables, batch, train=False)
-    start, end, score = metrics.decode_spans(out["start_prob"], out["end_prob"])
-    return {"start": start, "end": end, "score": score}
-
-  replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P("data"))
-  return jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
-
-
-def to_device(batch: dict, mesh, whole: bool = False) -> dict:
-  """The jit inputs of a host batch, as global arrays sharded over `data` (multi-host safe).
-
-  Training: each process holds its own slice of the global batch. Evaluation (`whole`): every
-  process reads the same full batch and contributes the rows its devices hold.
-  """
-  sharding = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(
-      sharding, batch[k], global_shape=batch[k].shape if whole else None)
-          for k in DEVICE_KEYS if k in batch}
-
-
-def prefetch_to_device(batches, mesh, size: int = 2):
-  """Yields `to_device(batch, mesh)` of each host batch, read up to `size` batches ahead.
-
-  A background thread pulls the next batches (tf.data, numpy conversion) and starts their
-  host-to-device copies while the device runs the current step, so on a fast accelerator the
-  step does not wait for the host. Order is kept; an error of the reader is raised here; closing
-  this generator stops the thread and waits for it to end (the batch it is reading at most).
-  """
-  slots: queue.Queue = queue.Queue(maxsize=size)
-  stop = threading.Event()
-  done = object()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        slots.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def work():
-    try:
-      for batch in batches:
-        if not put(to_device(batch, mesh)):
-          return
-      put(done)
-    except BaseException as e:  # pylint: disable=broad-except
-      put(e)  # re-raised in the consumer, with its traceback
-
-  thread = threading.Thread(target=work, daemon=True, name="prefetch-to-device")
-  thread.start()
-  try:
-    while True:
-      item = slots.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    thread.join(timeout=60.0)
-    if thread.is_alive():
-      log.warning("the prefetching thread is still reading a batch 60 s after it was told to stop; "
-                  "leaving it (daemon) behind")
-
-
-def evaluate_split(eval_step, variables, records: Records, split: str, batch_size: int, mesh,
-                   progress: bool = True) -> tuple[dict, list[dict]]:
-  """Metrics and per-pair predictions of one split (padding examples not counted)."""
-  preds = []
-  n = records.size(split)
-  for batch in tqdm(records.eval_batches(split, batch_size), total=math.ceil(n / batch_size),
-                    desc=f"eval {split}", leave=False, disable=not progress):
-    out = jax.device_get(eval_step(variables, to_device(batch, mesh, whole=True)))
-    v_len = batch["video_mask"].sum(axis=1)
-    start_s, end_s = metrics.index_to_time(out["start"], out["end"], v_len, batch["duration"])
-    overlap = metrics.iou(start_s, end_s, batch["start_time"], batch["end_time"])
-    for i in np.nonzero(batch["valid"] > 0)[0]:
-      preds.append({"video_id": str(batch["video_id"][i]), "query": str(batch["query"][i]),
-                    "pair_index": int(batch["pair_index"][i]),
-                    "pred_start": float(start_s[i]), "pred_end": float(end_s[i]),
-                    "true_start": float(batch["start_time"][i]),
-                    "true_end": float(batch["end_time"][i]),
-                    "score": float(out["score"][i]), "iou": float(overlap[i])})
-  if len(preds) != n:
-    raise RuntimeError(f"evaluated {len(preds)} pairs of {split}, expected {n}")
-  return metrics.summarise(np.array([p["iou"] for p in preds])), preds
-
-
-def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
-                 progress: bool = True, eval_step=None) -> dict:
-  """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
-  check_batch_size(config.eval_batch_size, "config.eval_batch_size")
-  eval_step = eval_step or make_eval_step(config, mesh)
-  results = {}
-  for split in config.data.eval_splits:
-    summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
-                                    mesh, progress)
-    results[split] = summary
-    if is_primary():
-      files.write_lines(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
-  selection = config.data.selection_split
-  if is_primary():
-    files.write_json(os.path.join(out_dir, "metrics.json"), {
-        "step": int(step), "splits": results,
-        "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
-  return results
-
-
-def is_primary() -> bool:
-  """The files beside the checkpoints are written by process 0 only (Orbax coordinates its own)."""
-  return jax.process_index() == 0
-
-
-def _setup(config):
-  if config.get("distributed", False) and not jax.distributed.is_initialized():
-    # Processes on CPUs exchange gradients over Gloo (GPUs use NCCL whatever this says).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    # Unset values (None) are left to JAX's cluster detection.
-    jax.distributed.initialize(
-        coordinator_address=config.get("coordinator_address") or None,
-        num_processes=config.get("num_processes") or None,
-        process_id=None if config.get("process_id", -1) < 0 else config.process_id)
-  check_batch_size(config.batch_size)
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       progress: bool = True) -> dict:
-  """Trains (resuming from workdir), keeps the latest and the best checkpoints, evaluates."""
-  # TensorFlow (tf.data, summaries) is imported only where records are read, so that the jitted
-  # step and bench/train_step.py run where it is not installed (the GPU image has no TensorFlow).
+def _prepare(config, workdir: str):
+  """Opens the records, fits the config to them and writes config.json and vocab.json."""
+  # TensorFlow (tf.data) is imported only where records are read, so that the jitted step and
+  # bench/train_step.py run where it is not installed (the GPU image has no TensorFlow).
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
-  from tea_jax.writer import MetricWriter  # pylint: disable=import-outside-toplevel
-  _setup(config)
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.check_experiment(config)
+  checkpointing.check_layout(workdir)
   records = Records(data_path(config.data, "records_dir"), config.data)
   config = with_data_sizes(config, records)
+  os.makedirs(workdir, exist_ok=True)
+  compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
   if is_primary():
     files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     files.write_json(os.path.join(workdir, "vocab.json"),
                      {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1,
                       "words": records.vocabulary(), "source": records.records_dir})
-  mesh = make_mesh()
-  n_train = records.size(config.data.train_split)
-  steps_per_epoch = math.ceil(n_train / config.batch_size)
-  total_steps = config.num_epochs * steps_per_epoch
-  tx = optim.make_optimizer(config, total_steps)
+  steps_per_epoch = math.ceil(records.size(config.data.train_split) / config.batch_size)
+  schedule = Schedule(steps_per_epoch, config.num_epochs, config.get("max_steps", 0))
+  return config, records, schedule
+
+
+def _restore_or_init(mngr, config, records: Records, tx, mesh):
+  """The latest checkpoint's state, else a fresh one; committed and replicated over the mesh so
+  that the jitted step compiles exactly once."""
   variables, train_state = init_state(config, records, tx, jax.random.key(config.seed))
-
-  latest = checkpointing.steps(workdir)
-  if latest:
-    restored = checkpointing.restore(workdir, latest[-1], variables_like=variables,
-                                     train_state_like=train_state)
+  restored = checkpointing.restore_latest_intact(mngr, variables, train_state)
+  if restored is not None:
     variables, train_state = restored["variables"], restored["train_state"]
-    log.info("resumed from step %d of %d", int(train_state["step"]), total_steps)
+    log.info("resumed from step %d", int(train_state["step"]))
+  return jax.device_put((variables, train_state), NamedSharding(mesh, P()))
+
+
+class _TrainLog:
+  """Averages the step statistics between log points; stops the run on a non-finite loss."""
+
+  def __init__(self, writer, schedule: Schedule, learning_rate, thresholds, bar, mngr):
+    self.writer, self.schedule, self.bar, self.mngr = writer, schedule, bar, mngr
+    self.learning_rate, self.thresholds = learning_rate, thresholds
+    self.pending = []
+
+  def __call__(self, step: int, t: float = 0.0) -> None:
+    del t
+    host = jax.device_get(self.pending)
+    self.pending = []
+    mean = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
+    if not all(math.isfinite(v) for v in mean.values()):
+      last = self.mngr.latest_step()
+      kept = f"the last checkpoint (step {last}) is kept" if last is not None else \
+          "no checkpoint was written"
+      raise TrainingDiverged(f"loss became NaN/inf before step {step} ({mean}); {kept}")
+    epoch = self.schedule.epoch(step - 1)
+    mean.update(learning_rate=float(self.learning_rate(step - 1)),
+                threshold=float(self.thresholds[epoch]), epoch=epoch)
+    self.writer.write_scalars(step, {f"train/{k}": v for k, v in mean.items()})
+    self.bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
+
+
+def _end_of_epoch(*, step, t, variables, train_state, config, schedule, mngr, records, eval_step,
+                  mesh, writer, report):
+  """At an epoch end: evaluates the selection split when due, then saves the checkpoint with its
+  metrics (the manager keeps the latest ones and the best)."""
+  del t
+  summary = None
+  epoch_done = math.ceil(step / schedule.steps_per_epoch)
+  if step % schedule.steps_per_epoch == 0 or step == schedule.total_steps:
+    if epoch_done % config.eval_every_epochs == 0 or step == schedule.total_steps:
+      split = config.data.selection_split
+      with report.timed("eval", wait_jax_async_dispatch=False):
+        summary, _ = evaluate.evaluate_split(eval_step, variables, records, split,
+                                             config.eval_batch_size, mesh, progress=False)
+      writer.write_scalars(step, {f"{split}/{k}": v for k, v in summary.items() if k != "count"})
+      log.info("epoch %d (step %d): %s %s=%.4f", epoch_done, step, split,
+               config.selection_metric, summary[config.selection_metric])
+  metrics = None if summary is None else {
+      **summary, checkpointing.SELECTION: summary[config.selection_metric]}
+  with report.timed("checkpoint", wait_jax_async_dispatch=False):
+    checkpointing.save(mngr, step, variables, train_state, metrics)
+
+
+def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer, progress):
+  """The training loop from the latest checkpoint to schedule.stop_at."""
+  from clu import periodic_actions  # pylint: disable=import-outside-toplevel
+  variables, train_state = _restore_or_init(mngr, config, records, tx, mesh)
   step = int(train_state["step"])
-  # Committed, replicated inputs from the first step on: the jitted step compiles exactly once.
-  replicated = NamedSharding(mesh, P())
-  variables, train_state = jax.device_put((variables, train_state), replicated)
-
   train_step = make_train_step(config, tx, mesh)
-  eval_step = make_eval_step(config, mesh)
-  writer = MetricWriter(os.path.join(workdir, "tensorboard"), enabled=is_primary())
-  best = checkpointing.read_json(os.path.join(workdir, "best.json"), default=None)
+  eval_step = evaluate.make_eval_step(config, mesh)
   thresholds = losses.numpy_threshold_schedule(config.num_epochs)
-  learning_rate = optim.learning_rate_schedule(config, total_steps)
-  max_steps = config.get("max_steps", 0) or total_steps
-  stop_at = min(total_steps, max_steps)
-  last_good = step
-
-  def save(at_step, variables, train_state):
-    checkpointing.save(workdir, at_step, variables, train_state, max_to_keep=2)
-
+  bar = tqdm(total=schedule.stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
+             disable=not progress)
+  learning_rate = optim.learning_rate_schedule(config, schedule.total_steps)
+  train_log = _TrainLog(writer, schedule, learning_rate, thresholds, bar, mngr)
+  ends = set(schedule.epoch_ends()) | {schedule.stop_at}
+  report = periodic_actions.ReportProgress(num_train_steps=schedule.stop_at, writer=writer,
+                                           every_steps=config.log_every_steps, every_secs=None)
+  logging_action = periodic_actions.PeriodicCallback(
+      every_steps=config.log_every_steps, on_steps=ends, callback_fn=train_log)
+  epoch_action = periodic_actions.PeriodicCallback(on_steps=ends, callback_fn=functools.partial(
+      _end_of_epoch, config=config, schedule=schedule, mngr=mngr, records=records,
+      eval_step=eval_step, mesh=mesh, writer=writer, report=report))
   batches = prefetch_to_device(
       records.train_batches(config.data.train_split, config.batch_size, config.seed,
                             start_step=step, process_index=jax.process_index(),
                             process_count=jax.process_count()), mesh)
-  bar = tqdm(total=stop_at, initial=step, desc="train", unit="step", disable=not progress,
-             dynamic_ncols=True)
-  started, pending = time.time(), []
   try:
-    while step < stop_at:
-      epoch = step // steps_per_epoch
-      batch = next(batches)
-      variables, train_state, stats = train_step(variables, train_state, batch,
-                                                 np.float32(thresholds[epoch]))
-      pending.append(stats)
+    while step < schedule.stop_at:
+      with report.timed("input", wait_jax_async_dispatch=False):
+        batch = next(batches)
+      variables, train_state, stats = train_step(
+          variables, train_state, batch, np.float32(thresholds[schedule.epoch(step)]))
+      train_log.pending.append(stats)
       step += 1
       bar.update(1)
-      epoch_end = step % steps_per_epoch == 0 or step == stop_at
-      if step % config.log_every_steps == 0 or epoch_end:
-        host = jax.device_get(pending)
-        pending = []
-        mean = {k: float(np.mean([s[k] for s in host])) for k in host[0]}
-        if not all(math.isfinite(v) for v in mean.values()):
-          raise TrainingDiverged(
-              f"loss became NaN/inf before step {step} ({mean}); the last good checkpoint "
-              f"(step {last_good}) is kept in {workdir}")
-        mean.update(learning_rate=float(learning_rate(step - 1)),
-                    threshold=float(thresholds[epoch]), epoch=epoch)
-        writer.scalars(step, mean, prefix="train/", console=not progress)
-        bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
-      if epoch_end:
-        save(step, variables, train_state)
-        last_good = step
-        epoch_done = math.ceil(step / steps_per_epoch)
-        if epoch_done % config.eval_every_epochs == 0 or step == total_steps:
-          split = config.data.selection_split
-          summary, _ = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
-                                      mesh, progress=False)
-          writer.scalars(step, {k: v for k, v in summary.items() if k != "count"},
-                         prefix=f"{split}/", console=not progress)
-          value = summary[config.selection_metric]
-          if best is None or value > best["value"]:
-            best = {"step": step, "epoch": epoch_done, "value": value, "split": split,
-                    "metric": config.selection_metric, "metrics": summary}
-            checkpointing.save(workdir, step, variables, subdir=checkpointing.BEST_DIR,
-                               max_to_keep=1)
-            if is_primary():
-              files.write_json(os.path.join(workdir, "best.json"), best)
+      report(step)
+      logging_action(step)
+      epoch_action(step, variables=variables, train_state=train_state)
   finally:
     batches.close()  # stops the prefetching thread, also on an error
-  bar.close()
-  log.info("trained %d steps in %.1fs", step, time.time() - started)
-  result = {"step": step, "best": best}
-  if step >= total_steps:
-    # Restored replicated over this run's mesh: the eval step's input shardings, no recompile.
-    best_vars, best_step = checkpointing.restore_variables(workdir)
-    result["metrics"] = evaluate_all(config, best_vars, records, mesh, workdir, best_step,
-                                     progress, eval_step)
+    bar.close()
+  return step, eval_step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       progress: bool = True) -> dict:
+  """Trains (resuming from workdir), keeps the latest and the best checkpoints, then evaluates the
+  best one on every configured split (metrics.json, predictions_<split>.jsonl). One run per
+  workdir: a second one is refused while the first holds the workdir's lock."""
+  initialize_distributed(config)  # first: process 0 alone takes the lock
+  with locked(workdir, "training") if is_primary() else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, progress)
+
+
+def _train_and_evaluate(config, workdir: str, progress: bool) -> dict:
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+  config, records, schedule = _prepare(config, workdir)
+  mesh = make_mesh()
+  tx = optim.make_optimizer(config, schedule.total_steps)
+  writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
+                                                just_logging=not is_primary(), asynchronous=False)
+  with checkpointing.manager(workdir) as mngr:
+    step, eval_step = _train(config, schedule, mngr, records, mesh, tx, writer, progress)
+    result = {"step": step}
+    if step >= schedule.total_steps:
+      # Derived from the checkpoints on disk alone, so a rerun after a kill writes the same files.
+      best = checkpointing.best_step(mngr)
+      variables = checkpointing.restore(mngr, best)["variables"]
+      result.update(best=best, metrics=evaluate.evaluate_all(
+          config, variables, records, mesh, workdir, best, progress, eval_step))
   writer.close()
   return result
-
-
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                        step: int | None = None, progress: bool = True) -> dict:
-  """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
-  Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
-  from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
-  _setup(config)
-  records = Records(data_path(config.data, "records_dir"), config.data)
-  saved = checkpointing.read_config(workdir)
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model = saved.model  # the checkpoint's architecture wins over the command line
-  if config.model.vocab_size != records.meta["vocab_size"]:
-    raise ValueError(f"the checkpoint in {workdir} has a vocabulary of {config.model.vocab_size} "
-                     f"ids but the records have {records.meta['vocab_size']}")
-  variables, step = checkpointing.restore_variables(workdir, step)
-  return evaluate_all(config, variables, records, make_mesh(), workdir, step, progress)

@@ -62,3 +62,24 @@ def random_batch(rng: np.random.Generator, config, lengths, words, length=None, 
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory):
+  """A tiny random LLaVA-1.5 saved as a local Hugging Face directory (built once per session)."""
+  from data_prep.testing import random_mllm  # pylint: disable=import-outside-toplevel
+  model, processor = random_mllm.build_llava("tiny")
+  return random_mllm.save(model, processor, str(tmp_path_factory.mktemp("llava")))
+
+
+def tiny_train_config(root, **overrides):
+  """The demo config with a tiny EMB model on the data under `root`: trains in seconds."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  config.unlock()
+  config.data.root = str(root)
+  config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
+  config.update(batch_size=8, eval_batch_size=8, num_epochs=2, log_every_steps=1)
+  config.data.eval_splits = ("test",)
+  config.update(overrides)
+  return config

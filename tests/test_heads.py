@@ -302,10 +302,7 @@ def test_batched_frame_branches_draw_their_own_dropout(tea_model):
 
 
 def test_tea_with_the_pallas_lstm_equals_the_scan(tea_model, monkeypatch):
-  # model.lstm="pallas" (interpreted here) through the whole model. ModelConfig learns the new
-  # values from the lead's config change; until then the test allows them itself.
-  from tea_jax.model import config as model_config_module
-  monkeypatch.setattr(model_config_module, "LSTM_IMPLEMENTATIONS", bilstm.IMPLEMENTATIONS)
+  # model.lstm="pallas" (interpreted here) through the whole model.
   config, params, batch = tea_model
   scan = TEA(config).apply(params, batch)
   pallas = TEA(dataclasses.replace(config, lstm="pallas")).apply(params, batch)

@@ -4,6 +4,8 @@ Independent checks: torch's own conv1d / conv2d / LSTM (packed sequences) run on
 weights and must equal our modules running on the imported weights.
 """
 
+import json
+import pathlib
 import subprocess
 import sys
 
@@ -13,13 +15,15 @@ import pytest
 import torch
 from conftest import REPO
 
+from data_prep.annotations import read_durations
 from tea_jax import inference
-from tea_jax.apps import import_emb
+from tea_jax.apps import import_emb, predict
+from tea_jax.data.schema import data_path
+from tea_jax.model.bilstm import BiLSTM
+from tea_jax.model.config import ModelConfig
 from tea_jax.model.embeddings import Projection
 from tea_jax.model.guides import GuideConv
-from tea_jax.model.bilstm import BiLSTM
 from tea_jax.model.ranker import Ranker
-from tea_jax.model.config import ModelConfig
 
 LAYOUT = REPO / "tests" / "data" / "emb_state_dict.txt"
 
@@ -180,8 +184,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     import_emb.load(str(tmp_path / "missing.pth"))
 
 
-def test_main_eval_restores_an_imported_workdir(tmp_path):
-  """import_emb -> `tea_jax.main --mode eval` on records of the same vocabulary size."""
+def test_main_eval_and_predict_on_an_imported_workdir(tmp_path, capsys):
+  """import_emb -> `tea_jax.main --mode eval` on records of the same vocabulary, and
+  `tea_jax.predict` on the raw files of one test pair gives the moment evaluation gave."""
   from configs import demo
   from data_prep import synthetic
   from data_prep.build_records import build_records
@@ -198,13 +203,22 @@ def test_main_eval_restores_an_imported_workdir(tmp_path):
   ckpt = tmp_path / "model_best.pth.tar"
   torch.save({"state_dict": {k: torch.from_numpy(x) for k, x in sd.items()}}, ckpt)
   workdir = tmp_path / "emb"
-  import_emb.write_workdir(str(ckpt), str(workdir))
+  words = json.loads((pathlib.Path(data_path(config.data, "records_dir")) / "vocab.json").read_text())
+  (tmp_path / "words.txt").write_text("\n".join(words[2:]) + "\n")
+  import_emb.write_workdir(str(ckpt), str(workdir), words_file=str(tmp_path / "words.txt"))
   proc = subprocess.run([sys.executable, "-m", "tea_jax.main", "--config", "configs/demo.py",
                          f"--config.data.root={root}", "--config.data.eval_splits=('test',)",
                          "--workdir", str(workdir), "--mode", "eval"], cwd=REPO,
                         capture_output=True, text=True, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  import json
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert metrics["step"] == 0 and metrics["splits"]["test"]["count"] == meta["splits"]["test"]["pairs"]
-  assert (workdir / "predictions_test.jsonl").exists()
+  first = json.loads((workdir / "predictions_test.jsonl").read_text().splitlines()[0])
+  duration = read_durations(str(root / "charades.json"))[first["video_id"]]
+  capsys.readouterr()
+  assert predict.main(["--workdir", str(workdir), "--features", str(root / "features"),
+                       "--video-id", first["video_id"], "--duration", str(duration),
+                       "--query", first["query"]]) == 0
+  moment = json.loads(capsys.readouterr().out.strip())["moments"][0]
+  assert moment["start"] == pytest.approx(first["pred_start"], abs=1e-3)
+  assert moment["end"] == pytest.approx(first["pred_end"], abs=1e-3)

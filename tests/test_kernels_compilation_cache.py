@@ -68,3 +68,14 @@ def test_a_recompilation_is_read_from_the_cache(no_env, tmp_path):
     jax.monitoring.unregister_event_listener(listener)
   assert "/jax/compilation_cache/cache_hits" in hits
   assert sorted(os.listdir(path)) == written
+
+
+def test_a_cache_jax_already_has_is_kept(no_env, tmp_path):
+  # JAX_COMPILATION_CACHE_DIR (or the user's own jax.config) wins over the default beside the
+  # workdir; an explicit config value still wins over it.
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "users"))
+  workdir = str(tmp_path / "runs" / "tea")
+  assert compilation_cache.enable(None, workdir) == str(tmp_path / "users")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "users")
+  assert compilation_cache.enable(str(tmp_path / "explicit"), workdir) == str(tmp_path / "explicit")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "explicit")

@@ -13,8 +13,9 @@ from conftest import random_batch, tiny_model_config
 
 from configs import common
 from tea_jax import inference, optim, train
-from tea_jax.model import bilstm, lstm_kernel
-from tea_jax.model import config as model_config
+from tea_jax.data.prefetch import to_device
+from tea_jax.mesh import make_mesh
+from tea_jax.model import lstm_kernel
 
 
 def experiment_config():
@@ -28,12 +29,12 @@ def experiment_config():
 
 def one_step(config, batch):
   """(stats, new params, jaxpr text) of one training step from a fixed initialisation."""
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   tx = optim.make_optimizer(config, 10)
   variables = inference.init_params(config, jax.random.key(0))
   state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
   step = train.make_train_step(config, tx, mesh)
-  device_batch = train.to_device(batch, mesh)
+  device_batch = to_device(batch, mesh)
   text = str(step.trace(variables, state, device_batch, np.float32(0.5)).jaxpr)
   new_vars, _, stats = step(variables, state, device_batch, np.float32(0.5))
   return jax.device_get(stats), jax.device_get(new_vars["params"]), text
@@ -48,8 +49,6 @@ def test_gpu_configuration_trains_like_the_cpu_configuration(monkeypatch):
 
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(lstm_kernel, "interpret_mode", lambda: True)
-  # ModelConfig learns "auto" from the lead's config change; until then the test allows it itself.
-  monkeypatch.setattr(model_config, "LSTM_IMPLEMENTATIONS", bilstm.IMPLEMENTATIONS)
   config.model.lstm = "auto"
   gpu_stats, gpu_params, gpu_text = one_step(config, batch)
 

@@ -108,8 +108,34 @@ def test_auto_is_the_kernel_on_gpus_only(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert bilstm.resolve_implementation("auto") == "pallas"
   assert bilstm.resolve_implementation("scan") == "scan"
-  with pytest.raises(ValueError, match="must be one of"):
+  with pytest.raises(ValueError, match="expected one of"):
     bilstm.resolve_implementation("fused")
+
+
+def test_auto_falls_back_to_the_scan_where_the_kernels_do_not_compile(monkeypatch, caplog):
+  # A "GPU" whose kernels cannot be compiled (here: Triton lowering on the CPU backend): "auto" must
+  # train with the scan, after one warning, and give the scan's numbers; explicit "pallas" fails.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(lstm_kernel, "interpret_mode", lambda: False)
+  lstm_kernel.compiles.cache_clear()
+  rng = np.random.default_rng(3)
+  hidden, batch, steps, din = 8, 3, 6, 5
+  weights = {f"{d}_{k}": jnp.asarray(rng.normal(size=shape) * 0.3, jnp.float32)
+             for d in ("forward", "backward")
+             for k, shape in dict(w_ih=(din, 4 * hidden), w_hh=(hidden, 4 * hidden),
+                                  b_ih=(4 * hidden,), b_hh=(4 * hidden,)).items()}
+  x = jnp.asarray(rng.normal(size=(batch, steps, din)), jnp.float32)
+  mask = jnp.asarray(np.arange(steps)[None] < np.array([6, 4, 1])[:, None], jnp.float32)
+  try:
+    with caplog.at_level("WARNING", logger=lstm_kernel.__name__):
+      auto = bilstm.bilstms([weights], [x], mask, "auto")[0]
+    assert "using the scan" in caplog.text and "L=6, B=3, H=8" in caplog.text
+    scan = bilstm.bilstms([weights], [x], mask, "scan")[0]
+    np.testing.assert_array_equal(np.asarray(auto), np.asarray(scan))
+    with pytest.raises(Exception):
+      jax.block_until_ready(bilstm.bilstms([weights], [x], mask, "pallas")[0])
+  finally:
+    lstm_kernel.compiles.cache_clear()
 
 
 def test_kernel_precision_follows_the_matmul_precision_config():

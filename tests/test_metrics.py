@@ -33,3 +33,63 @@ def test_times_iou_and_summary_by_hand():
   assert summary["r1@0.3"] == 75.0 and summary["r1@0.5"] == 50.0 and summary["r1@0.7"] == 25.0
   np.testing.assert_allclose(summary["miou"], 47.5)
   np.testing.assert_allclose(summary["r1_sum_miou"], 75 + 50 + 25 + 47.5)
+
+
+def emb_time(index, v_len, duration):
+  """EMB's formula order in Python floats (float64): index * duration / v_len."""
+  return index * duration / v_len
+
+
+def test_times_follow_the_reference_order_in_float64():
+  # (j + 1) = 12, v_len = d = 21: 12 * 21 / 21 is exactly 12; 12 / 21 * 21 in float32 is 12.000001.
+  start, end = metrics.index_to_time(np.array([2]), np.array([11]), np.array([21]),
+                                     np.array([21.0]))
+  assert start.dtype == np.float64 and end[0] == 12.0 and start[0] == 2.0
+  # 3 / 10 * 10 is 3.0000000000000004 even in float64; 3 * 10 / 10 is 3.
+  start, end = metrics.index_to_time(3, 6, 10, 10.0)
+  assert float(start) == 3.0 == emb_time(3, 10, 10.0) and float(end) == 7.0
+  rng = np.random.default_rng(1)
+  v_len = rng.integers(8, 129, 200)
+  duration = np.round(rng.uniform(5, 200, 200), 2)
+  i = rng.integers(0, 8, 200)
+  j = i + rng.integers(0, 8, 200)
+  start, end = metrics.index_to_time(i, j, v_len, duration)
+  assert start.tolist() == [emb_time(int(a), int(n), float(d))
+                            for a, n, d in zip(i, v_len, duration)]
+  assert end.tolist() == [emb_time(int(b) + 1, int(n), float(d))
+                          for b, n, d in zip(j, v_len, duration)]
+
+
+def test_an_iou_of_exactly_the_threshold_is_a_hit():
+  # Prediction (2, 12) on truth (2, 9): IoU 7 / 10, exactly the float64 nearest to 0.7.
+  overlap = metrics.iou(2.0, 12.0, 2.0, 9.0)
+  assert overlap.dtype == np.float64 and overlap == 0.7
+  assert metrics.summarise(np.array([overlap]))["r1@0.7"] == 100.0
+  # Through the snippet times: v_len = d = 21, (i, j) = (2, 11) gives (2 s, 12 s).
+  start, end = metrics.index_to_time(2, 11, 21, 21.0)
+  assert metrics.iou(start, end, 2.0, 9.0) >= 0.7
+  # float32 times or IoU lose it (what the metric must not do).
+  assert float(np.float32(7.0) / np.float32(10.0)) < 0.7
+  # A truth of (3, 5.8) and a prediction (3, 7) of v_len = d = 10: 2.8 / 4 == 0.7 exactly.
+  start, end = metrics.index_to_time(3, 6, 10, 10.0)
+  assert metrics.iou(start, end, 3.0, 5.8) == (5.8 - 3.0) / (7.0 - 3.0) >= 0.7
+
+
+def test_inverted_true_moment_has_zero_iou():
+  # The reference keeps start > end moments; their IoU is 0 whatever the prediction.
+  assert metrics.iou(np.array([0.0, 5.0]), np.array([30.0, 20.0]), 8.0, 7.0).tolist() == [0, 0]
+
+
+def test_top_spans_by_hand_and_agrees_with_decode_spans(rng):
+  start = np.array([0.1, 0.6, 0.3], np.float32)
+  end = np.array([0.5, 0.2, 0.3], np.float32)
+  # Upper triangle of outer(start, end): (0,0) .05 (0,1) .02 (0,2) .03 (1,1) .12 (1,2) .18 (2,2) .09
+  got = metrics.top_spans(start, end, 3)
+  assert [(i, j) for i, j, _ in got] == [(1, 2), (1, 1), (2, 2)]
+  np.testing.assert_allclose([p for _, _, p in got], [0.18, 0.12, 0.09], rtol=1e-6)
+  ps = rng.dirichlet(np.ones(9), size=6).astype(np.float32)
+  pe = rng.dirichlet(np.ones(9), size=6).astype(np.float32)
+  start, end, score = metrics.decode_spans(ps, pe)
+  for b in range(6):
+    (i, j, p), = metrics.top_spans(ps[b], pe[b], 1)
+    assert (i, j) == (int(start[b]), int(end[b])) and p == float(score[b])

@@ -2,21 +2,17 @@
 through the real from_pretrained path, generated videos of known length, crashes and shards."""
 
 import json
+import os
 
 import pytest
 import torch
 
-from data_prep.narration import pipeline as narrate
+from data_prep.narration import cli, outputs, pipeline as narrate
 from data_prep.testing import random_mllm
 from data_prep.frames import UnreadableVideo, find_videos, sample_frames
 from data_prep.testing.videos import write_test_video
+from data_prep.narration.errors import BadInput
 from data_prep.narration.narrators import PAPER_PROMPT, Blip2Narrator, LlavaNarrator
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-  model, processor = random_mllm.build_llava("tiny")
-  return random_mllm.save(model, processor, str(tmp_path_factory.mktemp("llava")))
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +131,37 @@ def test_shards_cover_every_video_once_and_merge_checks(narrator, videos, tmp_pa
   ids = [vid for shard in shards for vid, _ in shard]
   assert sorted(ids) == sorted(set(ids)) == ["broken", "empty", "v1", "v2", "v3"]
   good = {"v1", "v2", "v3"}
-  merged = narrate.merge(paths, out, expected=good)
-  assert merged["videos"] == 3
+  every = good | {"broken", "empty"}
+  # The two undecodable videos are recorded as failed by their shards: reported apart from
+  # missing videos, and an error unless failures are allowed.
+  with pytest.raises(BadInput, match=r"2 videos failed .*broken: .*broken.mp4.*--allow-failures"):
+    outputs.merge(paths, out, expected=every)
+  assert not os.path.exists(out)
+  merged = outputs.merge(paths, out, expected=every, allow_failures=True)
+  assert merged["videos"] == 3 and merged["failed"] == 2
   assert [json.loads(l)["video_id"] for l in open(out, encoding="utf-8")] == ["v1", "v2", "v3"]
-  with pytest.raises(ValueError, match="no narration"):
-    narrate.merge(paths, out, expected=good | {"v9"})
-  with pytest.raises(ValueError, match="more than one line"):
-    narrate.merge(paths + paths[:1], out)
+  carried = [json.loads(l) for l in open(out + ".failures.jsonl", encoding="utf-8")]
+  assert [f["video_id"] for f in carried] == ["broken", "empty"] and all(f["reason"]
+                                                                         for f in carried)
+  with pytest.raises(BadInput, match=r"1 videos have no narration and no recorded failure.*v9"):
+    outputs.merge(paths, out, expected=every | {"v9"}, allow_failures=True)
+  with pytest.raises(BadInput, match="more than one line"):
+    outputs.merge(paths + paths[:1], out)
+
+
+def test_merge_command_accounts_for_recorded_failures(narrator, videos, tmp_path, capsys):
+  out = str(tmp_path / "n.jsonl")
+  paths = [narrate.shard_path(out, 2, index) for index in range(2)]
+  for index, path in enumerate(paths):
+    narrate.narrate(narrator, narrate.select_videos(str(videos), num_shards=2, shard_index=index),
+                    path, batch_size=4, progress=False)
+  code = cli.main(["merge", "--out", out, *paths, "--videos", str(videos)])
+  err = capsys.readouterr().err
+  assert code == 1 and "2 videos failed" in err and "no recorded failure" not in err
+  assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+  code = cli.main(["merge", "--out", out, *paths, "--videos", str(videos), "--allow-failures"])
+  summary = json.loads(capsys.readouterr().out)
+  assert code == 0 and summary["videos"] == 3 and summary["failed"] == 2
 
 
 def test_blip2_backend_through_the_same_interface(tmp_path, videos):
@@ -157,12 +177,12 @@ def test_blip2_backend_through_the_same_interface(tmp_path, videos):
 
 
 def test_cli_errors_are_clear(tmp_path, videos, capsys):
-  code = narrate.main(["--videos", str(videos), "--model", str(tmp_path / "nope"), "--out",
+  code = cli.main(["--videos", str(videos), "--model", str(tmp_path / "nope"), "--out",
                        str(tmp_path / "o.jsonl"), "--device", "cpu"])
   assert code == 2 and "local Hugging Face model directory" in capsys.readouterr().err
-  code = narrate.main(["--videos", str(tmp_path / "missing"), "--model", "x", "--out", "o"])
+  code = cli.main(["--videos", str(tmp_path / "missing"), "--model", "x", "--out", "o"])
   assert code == 2 and "video folder not found" in capsys.readouterr().err
-  code = narrate.main(["--videos", str(videos), "--model", "x", "--out", "o",
+  code = cli.main(["--videos", str(videos), "--model", "x", "--out", "o",
                        "--decode-workers", "0"])
   assert code == 2 and "--decode-workers must be at least 1" in capsys.readouterr().err
 

@@ -2,14 +2,13 @@
 
 import json
 
-import numpy as np
 import pytest
 
 from configs import demo
 from data_prep import synthetic
 from data_prep.annotations import read_durations
 from data_prep.build_records import build_records
-from tea_jax import train
+from tea_jax import evaluate, train
 from tea_jax.apps import predict
 
 
@@ -27,7 +26,7 @@ def trained(tmp_path_factory):
   build_records(config, progress=False)
   workdir = root / "run"
   train.train_and_evaluate(config, str(workdir), progress=False)
-  train.evaluate_checkpoint(config, str(workdir), progress=False)
+  evaluate.evaluate_checkpoint(config, str(workdir), progress=False)
   return root, workdir
 
 
@@ -52,24 +51,15 @@ def test_predict_on_raw_files_matches_evaluation_on_records(trained, capsys):
     assert all(0 <= m["start"] < m["end"] <= durations[vid] + 1e-3 for m in out["moments"])
 
 
-def test_top_moments_by_hand():
-  start = np.array([0.1, 0.6, 0.3])
-  end = np.array([0.5, 0.2, 0.3])
-  # Upper triangle of outer(start, end): (0,0) .05 (0,1) .02 (0,2) .03 (1,1) .12 (1,2) .18 (2,2) .09
-  got = predict.top_moments(start, end, 3)
-  assert [(i, j) for i, j, _ in got] == [(1, 2), (1, 1), (2, 2)]
-  assert [p for _, _, p in got] == pytest.approx([0.18, 0.12, 0.09])
-
-
 def test_predict_errors_are_clear(trained, capsys):
   root, workdir = trained
   base = ["--workdir", str(workdir), "--features", str(root / "features"), "--duration", "10"]
   vid = sorted(p.stem for p in (root / "features").glob("*.npy"))[0]
   assert predict.main(base + ["--video-id", vid, "--query", "a person"]) == 2
   assert "reads narratives" in capsys.readouterr().err
-  assert predict.main(base + ["--video-id", "no_such_video", "--query", "x"]) == 2
+  text = ["--narratives", str(root / "narratives.jsonl"), "--word-vectors",
+          str(root / "glove.txt")]
+  assert predict.main(base + ["--video-id", "no_such_video", "--query", "x"] + text) == 2
   assert "no_such_video" in capsys.readouterr().err
-  assert predict.main(base + ["--video-id", vid, "--query", "  ", "--narratives",
-                              str(root / "narratives.jsonl"), "--word-vectors",
-                              str(root / "glove.txt")]) == 2
+  assert predict.main(base + ["--video-id", vid, "--query", "  "] + text) == 2
   assert "has no tokens" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Tokeniser, vocabulary, GloVe reader, features, narratives alignment and labels."""
 
+import codecs
 import json
 
 import h5py
@@ -20,6 +21,19 @@ def test_tokenize_like_nltk_word_tokenize():
   assert tokenize("He's talking while they don't.") == ["he", "'s", "talking", "while", "they",
                                                          "do", "n't", "."]
   assert tokenize("person turn a light on.") == ["person", "turn", "a", "light", "on", "."]
+
+
+def test_tokenize_splits_sentences_with_punkt_like_emb():
+  # Real ActivityNet queries; expected: EMB's word_tokenize (nltk 3.5 with the punkt model). Punkt
+  # ends a sentence at "?" or "!", so the closing quote opens the next one and becomes ``.
+  assert tokenize(' A mop bucket is shown with the caption "look familiar?".') == [
+      "a", "mop", "bucket", "is", "shown", "with", "the", "caption", "``", "look", "familiar",
+      "?", "``", "."]
+  assert tokenize(' The man stops. Then he smiles.') == ["the", "man", "stops", ".", "then", "he",
+                                                         "smiles", "."]
+  # "st." and "dr." are abbreviations of the English model: no sentence ends there.
+  assert tokenize("They walk down st. james street.") == ["they", "walk", "down", "st.", "james",
+                                                          "street", "."]
 
 
 def test_vocabulary_order_ties_and_filter():
@@ -57,6 +71,55 @@ def test_glove_reader_skips_malformed_keeps_last_and_caches(tmp_path, monkeypatc
   np.testing.assert_array_equal(vectors2, vectors)
   with pytest.raises(FileNotFoundError, match="nope.txt"):
     glove.read_vectors(str(tmp_path / "nope.txt"), ["cat"], dim=3)
+
+
+def emb_glove(path, dim):
+  """EMB's load_glove + filter_glove_embedding (util/data_gen.py), transcribed: {word: vector} of
+  the lines codecs.open yields that have dim + 1 fields after strip(); the last one wins."""
+  vectors = {}
+  with codecs.open(str(path), mode="r", encoding="utf-8") as f:
+    for line in f:
+      fields = line.lstrip().rstrip().split(" ")
+      if len(fields) == dim + 1:
+        vectors[fields[0]] = np.asarray([float(x) for x in fields[1:]], np.float32)
+  return vectors
+
+
+def test_glove_lines_are_read_as_emb_reads_them(tmp_path):
+  path = tmp_path / "glove.txt"
+  path.write_bytes("\n".join([
+      "cat 1 2 3",
+      "ab\u2028cd 4 5 6",       # a Python line break inside: "cd" gets (4, 5, 6)
+      "\xa0dog 7 8 9",          # leading non-breaking space: stripped
+      "x\x1cy 1 1 1",           # \x1c breaks the line too: "y" gets (1, 1, 1)
+      "trail 2 2 2 ",           # trailing space: stripped
+      "caf\u00e9 0.1 0.2 0.3",
+      "0.333333343267 0.1 0.2 0.3",
+      "two words 1 2 3",        # 5 fields: not a vector line
+      "cat 3 2 1",              # repeated: the last one wins
+  ]).encode("utf-8") + b"\r\n")
+  reference = emb_glove(path, 3)
+  wanted = sorted(reference) + ["ab", "two", "absent"]
+  index, vectors, stats = glove.read_vectors(str(path), wanted, dim=3, progress=False)
+  assert set(index) == set(reference) == {"cat", "cd", "dog", "y", "trail", "caf\u00e9",
+                                           "0.333333343267"}
+  for word, row in index.items():
+    np.testing.assert_array_equal(vectors[row], reference[word])
+  assert stats["repeated"] == 1 and stats["non_finite"] == 0
+
+
+def test_non_finite_vectors_are_skipped_and_reported(tmp_path, caplog):
+  path = tmp_path / "glove.txt"
+  write_glove(path, [("cat", [1, 2, 3]), ("dog", ["nan", 0, 0]), ("eel", [0, "inf", 1]),
+                     ("dog", [4, 5, 6]), ("fox", [1e39, 0, 0])])
+  index, vectors, stats = glove.read_vectors(str(path), ["cat", "dog", "eel", "fox"], dim=3,
+                                             progress=False)
+  # dog's finite line (4) is kept; eel and fox (1e39 overflows float32) have none.
+  assert list(index) == ["cat", "dog"] and np.all(np.isfinite(vectors))
+  np.testing.assert_array_equal(vectors[index["dog"]], [4, 5, 6])
+  assert stats["non_finite"] == 3
+  assert stats["non_finite_vectors"] == ["glove.txt:2: dog", "glove.txt:3: eel", "glove.txt:5: fox"]
+  assert "glove.txt:3" in caplog.text and "'eel'" in caplog.text
 
 
 def test_reduce_snippets_mean_and_max():
@@ -99,6 +162,30 @@ def test_feature_sources_npy_and_hdf5(tmp_path):
     FeatureSource(str(tmp_path / "nowhere"))
 
 
+def test_corrupt_feature_files_give_one_line_naming_the_file(tmp_path):
+  folder = tmp_path / "feats"
+  folder.mkdir()
+  np.save(folder / "ok.npy", np.ones((5, 4), np.float32))
+  whole = (folder / "ok.npy").read_bytes()
+  (folder / "empty.npy").write_bytes(b"")
+  (folder / "cut.npy").write_bytes(whole[:-10])
+  (folder / "text.npy").write_bytes(b"not a numpy file")
+  np.save(folder / "words.npy", np.array([["a", "b"]]))
+  source = FeatureSource(str(folder))
+  for vid in ("empty", "cut", "text", "words"):
+    with pytest.raises(ValueError, match=f"cannot read features .*{vid}.npy"):
+      source.get(vid)
+  bad_h5 = tmp_path / "bad.h5"
+  bad_h5.write_bytes(b"not an hdf5 file" * 8)
+  with pytest.raises(ValueError, match="cannot open features .*bad.h5"):
+    FeatureSource(str(bad_h5))
+  h5 = tmp_path / "strings.h5"
+  with h5py.File(h5, "w") as f:
+    f["v1"] = np.array([b"x", b"y"])
+  with pytest.raises(ValueError, match="strings.h5:v1"):
+    FeatureSource(str(h5)).get("v1")
+
+
 def test_narratives_reader_and_alignment(tmp_path):
   path = tmp_path / "narratives.jsonl"
   path.write_text(
@@ -113,7 +200,8 @@ def test_narratives_reader_and_alignment(tmp_path):
   aligned = align_to_snippets(np.array([0.5, 1.5, 5.0]), feats, 8.0, 4)
   np.testing.assert_allclose(aligned[0], [2.0, 0.0])  # mean of the two inside
   np.testing.assert_allclose(aligned[2], [0.0, 5.0])
-  np.testing.assert_allclose(aligned[1], feats[1])  # centre 3.0: nearest is 1.5 (1.5 s) vs 5.0 (2 s)
+  # Centre 3.0: the nearest is 1.5 (1.5 s away) rather than 5.0 (2 s).
+  np.testing.assert_allclose(aligned[1], feats[1])
   np.testing.assert_allclose(aligned[3], feats[2])  # centre 7.0: nearest is 5.0
   encoder = MeanWordVectorEncoder({"a": 0, "dog": 1}, np.array([[1.0, 1.0], [3.0, 5.0]]))
   np.testing.assert_allclose(encoder.encode(["A dog.", "nothing known"]),

@@ -1,1 +1,2 @@
-"""The MLLM video narrator: frame sampling, the narrator models and the resumable narrate command."""
+"""The MLLM video narrator: narrators (models), generation (the fast greedy decoder), pipeline (the
+resumable narrate stages), outputs (files, merge), devices (one worker per GPU), cli (commands)."""

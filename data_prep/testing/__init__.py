@@ -1,1 +1,1 @@
-"""Builders for tests and benchmarks only: random MLLMs, generated videos. Never used by real runs."""
+"""Builders for tests and benchmarks only (random MLLMs, generated videos), never for real runs."""

@@ -21,6 +21,13 @@ WORDS = sorted(set((PAPER_PROMPT + " USER: ASSISTANT: a person is standing in th
                     "holding cup door opens room man woman table").replace(".", " .")
                    .replace(",", " ,").split()))
 
+# LLaVA prompts of different lengths: a batch of them is left-padded by a different amount per row.
+VARIED_PROMPTS = ["USER: <image>\nthis ASSISTANT:",
+                  "USER: <image>\n" + "a person is standing in the kitchen . " * 3 + "ASSISTANT:",
+                  "USER: <image> ASSISTANT:", "USER: <image>\nroom ASSISTANT:",
+                  "USER: <image>\ndoor opens ASSISTANT:",
+                  "USER: <image>\nman woman table ASSISTANT:"]
+
 # Language and vision sizes of the released LLaVA-1.5 checkpoints (CLIP ViT-L/14-336 + Vicuna).
 ARCHITECTURES = {
     "tiny": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -103,6 +110,18 @@ def build_blip2(seed: int = 0):
   model = Blip2ForConditionalGeneration(config)
   model.generation_config.pad_token_id = tokenizer.pad_token_id
   return model.eval(), processor
+
+
+def spread_weights(model, std: float = 0.2, seed: int = 0):
+  """Redraws every weight matrix from N(0, std^2): at the default initialisation (std 0.02) a tiny
+  model's greedy tokens barely depend on the image, the prompt or the position, so a test that
+  compares two decoders would pass even with a wrong mask or position; at 0.2 they do depend."""
+  generator = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for param in model.parameters():
+      if param.dim() >= 2:
+        param.copy_(torch.randn(param.shape, generator=generator) * std)
+  return model
 
 
 def save(model, processor, out_dir: str) -> str:

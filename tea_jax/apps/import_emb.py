@@ -268,7 +268,8 @@ def run_cli():
   module never clashes with tea_jax.main's flags."""
   sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
   flags.DEFINE_string("checkpoint", None, "EMB model_best.pth.tar to import.")
-  flags.DEFINE_string("workdir", None, "Output directory (Orbax checkpoint, config.json, vocab.json).")
+  flags.DEFINE_string("workdir", None,
+                      "Output directory (Orbax checkpoint, config.json, vocab.json).")
   flags.DEFINE_string("words", None, "Optional file: the vocabulary words of ids 2.., one a line.")
   flags.DEFINE_integer("num_heads", 8, "Attention heads of the checkpoint's model (not in shapes).")
   app.run(main)

@@ -5,7 +5,7 @@ its (video, query) pairs, which share the decoded features until batching copies
 numpy dicts of FIXED shapes (padded snippets L and words W are the same for every
 batch of a run), so the jitted step never recompiles:
   video (B, L, Dv), narrative (B, L, Dn), video_mask (B, L), word_ids (B, W) int32, query_mask
-  (B, W), start_label / end_label (B,) int32, duration / start_time / end_time (B,) float32,
+  (B, W), start_label / end_label (B,) int32, duration / start_time / end_time (B,) float64,
   pair_index (B,) int32, valid (B,) float32 (0 on padding examples), video_id / query (B,) str.
 Training: shuffled (a fresh order per epoch, derived from the seed and the epoch: shard order, a
 buffer of videos, then a buffer of pairs) and repeated; it can start at any step, so a resumed run
@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tea_jax.data.schema import RECORD_FORMAT, record_features
+from tea_jax.errors import ConfigError, InputError
 
 # TensorFlow only feeds data here: it must never take a GPU (or its memory) from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -36,7 +37,7 @@ def load_meta(records_dir: str) -> dict:
   with open(path, encoding="utf-8") as f:
     meta = json.load(f)
   if meta.get("record_format") != RECORD_FORMAT:
-    raise ValueError(f"the records in {records_dir} have format "
+    raise InputError(f"the records in {records_dir} have format "
                      f"{meta.get('record_format', 'one example per pair')!r}, this "
                      f"reader needs {RECORD_FORMAT!r}: rebuild them with "
                      f"python -m data_prep.build_records --config ...")
@@ -53,17 +54,17 @@ def padded_lengths(data_config, meta: dict) -> tuple[int, int]:
                                            max(data_config.max_snippets, 8))
   words = data_config.pad_words or round_up(meta["max_words_seen"])
   if length < meta["max_snippets_seen"]:
-    raise ValueError(f"config.data.pad_snippets={length} is shorter than the longest video in the "
+    raise ConfigError(f"config.data.pad_snippets={length} is shorter than the longest video in the "
                      f"records ({meta['max_snippets_seen']} snippets)")
   if words < meta["max_words_seen"]:
-    raise ValueError(f"config.data.pad_words={words} is shorter than the longest query in the "
+    raise ConfigError(f"config.data.pad_words={words} is shorter than the longest query in the "
                      f"records ({meta['max_words_seen']} words)")
   return length, words
 
 
 def split_files(records_dir: str, meta: dict, split: str) -> list[str]:
   if split not in meta["splits"]:
-    raise KeyError(f"split {split!r} is not in {records_dir} (it has {sorted(meta['splits'])})")
+    raise ConfigError(f"split {split!r} is not in {records_dir} (it has {sorted(meta['splits'])})")
   files = [os.path.join(records_dir, name) for name in meta["splits"][split]["shards"]]
   for path in files:
     if not os.path.isfile(path):
@@ -112,6 +113,30 @@ def _pairs(shared, per_query):
   return both.map(lambda a, b: {**a, **b})
 
 
+def damaged_shard(files: list[str]) -> str | None:
+  """The first record file that cannot be read to its end (bad length or checksum), if any."""
+  for path in files:
+    try:
+      for _ in tf.data.TFRecordDataset(path):
+        pass
+    except tf.errors.DataLossError:
+      return path
+  return None
+
+
+def _numpy_batches(ds, files: list[str], records_dir: str):
+  """Iterates a batched dataset as numpy dicts; a damaged record file ends the run with one line
+  naming it instead of TensorFlow's DataLossError traceback."""
+  try:
+    for batch in ds:
+      yield _to_numpy(batch)
+  except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+    where = damaged_shard(files) or f"a record file of {records_dir}"
+    detail = e.message.strip().splitlines()[0][:160] if e.message else type(e).__name__
+    raise InputError(f"{where}: corrupt or truncated record ({detail}); rebuild the records with "
+                     f"python -m data_prep.build_records --config ...") from None
+
+
 def _to_numpy(batch: dict) -> dict:
   out = {}
   for key, value in batch.items():
@@ -120,12 +145,29 @@ def _to_numpy(batch: dict) -> dict:
   return out
 
 
+# Fields of config.data that change what the records contain: a run must use records built with
+# the same values.
+RECORD_FIELDS = ("pooling", "max_snippets", "max_words", "bad_records", "strict")
+
+
+def check_built_with(records_dir: str, meta: dict, data_config) -> None:
+  """Refuses records built with other record-shaping settings than `data_config` has."""
+  built = meta.get("config", {}).get("data", {})
+  for field in RECORD_FIELDS:
+    if field in built and field in data_config and built[field] != data_config[field]:
+      raise InputError(f"the records in {records_dir} were built with data.{field}="
+                       f"{built[field]!r} but this config has {data_config[field]!r}: rebuild them "
+                       f"with python -m data_prep.build_records, or use the config they were "
+                       f"built with")
+
+
 class Records:
   """The record set of one config: split sizes, padded lengths and batch iterators."""
 
   def __init__(self, records_dir: str, data_config):
     self.records_dir = records_dir
     self.meta = load_meta(records_dir)
+    check_built_with(records_dir, self.meta, data_config)
     self.length, self.words = padded_lengths(data_config, self.meta)
     self.shuffle_buffer = data_config.get("shuffle_buffer", 4096)
 
@@ -146,7 +188,7 @@ class Records:
     files = split_files(self.records_dir, self.meta, split)
     n = self.size(split)
     if n == 0:
-      raise ValueError(f"split {split!r} has no examples")
+      raise InputError(f"split {split!r} of {self.records_dir} has no examples")
     local_batch = batch_size // process_count
     first = start_step * batch_size  # global example position
     first_epoch, offset = divmod(first, n)
@@ -180,8 +222,7 @@ class Records:
       ds = ds.enumerate().filter(
           lambda j, _: (j // local_batch) % process_count == process_index).map(lambda _, x: x)
     ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    for batch in ds:
-      yield _to_numpy(batch)
+    yield from _numpy_batches(ds, files, self.records_dir)
 
   def eval_batches(self, split: str, batch_size: int):
     """Every example once, in record order; the last batch is padded with valid = 0 rows."""
@@ -189,8 +230,8 @@ class Records:
     parse = _video_parser(self.meta, self.length, self.words)
     ds = tf.data.TFRecordDataset(files).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                                              deterministic=True).flat_map(_pairs)
-    for batch in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
-      batch = _to_numpy(batch)
+    for batch in _numpy_batches(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE), files,
+                                self.records_dir):
       short = batch_size - len(batch["valid"])
       if short:
         batch = {k: np.concatenate([v, np.zeros((short,) + v.shape[1:], v.dtype)

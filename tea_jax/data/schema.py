@@ -2,11 +2,11 @@
 tensorflow-datasets FeaturesDict.
 
 One record per video stores a video's features once however many queries it has (ActivityNet-CD
-train: 10,984 videos for 51,415 pairs, 4.7x less data to store and decode than one record per pair);
-the reader (tea_jax.input_pipeline) expands each record into its (video, query) pairs.
+train has 10,984 videos for 51,415 pairs); the reader (tea_jax.data.input_pipeline) expands each
+record into its (video, query) pairs.
 
 tensorflow-datasets serves three purposes here: the schema is declared once and shared by the
-writer (data_prep.build_records) and the reader (tea_jax.input_pipeline); `serialize_example`
+writer (data_prep.build_records) and the reader (tea_jax.data.input_pipeline); `serialize_example`
 checks every field's dtype and shape before anything is written; and `features.json`, saved next to
 the records, lets `tfds.features.FeatureConnector.from_config(records_dir)` recover the schema
 without this code. Large float arrays use raw-bytes encoding, which tf.data decodes far faster than
@@ -25,7 +25,8 @@ def data_path(data_config, name: str) -> str:
 
 
 # Written to meta.json as "record_format"; the reader refuses record sets of another format.
-RECORD_FORMAT = "video-with-queries/1"
+# /2: durations and moment times in float64 (the metrics compute in float64).
+RECORD_FORMAT = "video-with-queries/2"
 
 
 def record_features(video_dim: int, narrative_dim: int):
@@ -37,8 +38,8 @@ def record_features(video_dim: int, narrative_dim: int):
   return F.FeaturesDict({
       # Video id of the benchmark (e.g. "AO8RW", "v_QOlSCBRmfWY").
       "video_id": F.Text(),
-      # Video duration in seconds.
-      "duration": F.Scalar(dtype=np.float32),
+      # Video duration in seconds, float64 (raw bytes: a float feature would round it to float32).
+      "duration": F.Tensor(shape=(), dtype=np.float64, encoding=F.Encoding.BYTES),
       # (v_len, video_dim) snippet features after the reduction to at most max_snippets rows.
       "video": F.Tensor(shape=(None, video_dim), dtype=np.float32, encoding=F.Encoding.BYTES),
       # (v_len, narrative_dim) narrative sentence features aligned to the snippets (zeros if the
@@ -53,10 +54,11 @@ def record_features(video_dim: int, narrative_dim: int):
           "source": F.Text(),
           # Index of the pair in its split (annotation order), for predictions files.
           "pair_index": F.Scalar(dtype=np.int64),
-          # Ground-truth moment in seconds, clipped to [0, duration].
-          "start_time": F.Scalar(dtype=np.float32),
-          "end_time": F.Scalar(dtype=np.float32),
-          # Snippet labels (s, e) of the moment (docs/design.md section 10), inclusive indices < v_len.
+          # Ground-truth moment in seconds, float64: max(0, start) and min(end, duration) as EMB
+          # clips them (a kept bad record may still have start > end: docs/design.md section 16).
+          "start_time": F.Tensor(shape=(), dtype=np.float64, encoding=F.Encoding.BYTES),
+          "end_time": F.Tensor(shape=(), dtype=np.float64, encoding=F.Encoding.BYTES),
+          # Snippet labels (s, e) of the moment (docs/design.md section 10), indices < v_len.
           "start_label": F.Scalar(dtype=np.int64),
           "end_label": F.Scalar(dtype=np.int64),
           # Vocabulary ids of the query tokens (PAD 0 never appears; UNK 1 for unknown words).

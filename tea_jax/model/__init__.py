@@ -1,1 +1,1 @@
-"""The TEA model (EMB plus the video-narrative merge and the paragraph-query branch), module by module."""
+"""The TEA model (EMB, the video-narrative merge, the paragraph-query branch), module by module."""

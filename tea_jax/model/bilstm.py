@@ -28,20 +28,33 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
+from tea_jax.errors import ConfigError
 from tea_jax.model import lstm_kernel
+from tea_jax.model.config import LSTM_IMPLEMENTATIONS
 from tea_jax.model.layers import uniform_init
 
 _DIRECTIONS = ("forward", "backward")
-IMPLEMENTATIONS = ("scan", "pallas", "auto", "cudnn")
 
 
 def resolve_implementation(implementation: str) -> str:
-  """The implementation that runs: "auto" is "pallas" on a GPU and "scan" elsewhere."""
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"model.lstm must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+  """The implementation asked for: "auto" is "pallas" on a GPU and "scan" elsewhere (`bilstms`
+  still falls back to the scan if the kernels do not compile for its shapes)."""
+  if implementation not in LSTM_IMPLEMENTATIONS:
+    raise ConfigError(f"config.model.lstm={implementation!r}: expected one of "
+                      f"{LSTM_IMPLEMENTATIONS}")
   if implementation == "auto":
     return "pallas" if jax.default_backend() == "gpu" else "scan"
   return implementation
+
+
+def _engine(implementation: str, lanes: int, steps: int, batch: int, hidden: int, dtype) -> str:
+  """The implementation that runs: as resolved, except that "auto" takes the scan (with one
+  warning) where the Pallas kernels do not compile for these shapes on this GPU."""
+  engine = resolve_implementation(implementation)
+  if (implementation == "auto" and engine == "pallas"
+      and not lstm_kernel.compiles(steps, lanes, batch, hidden, jnp.dtype(dtype).name)):
+    return "scan"
+  return engine
 
 
 def pack_cudnn_weights(params):
@@ -59,7 +72,7 @@ def pack_cudnn_weights(params):
 def cudnn_bilstm(x, lengths, flat_weights, hidden):
   """(B, L, 2H) outputs of cuDNN's BiLSTM over the first `lengths` steps of each sample, 0 after."""
   if jax.default_backend() != "gpu":
-    raise ValueError(f"model.lstm='cudnn' needs a CUDA GPU (JAX's backend is "
+    raise ConfigError(f"model.lstm='cudnn' needs a CUDA GPU (JAX's backend is "
                      f"{jax.default_backend()!r}); use model.lstm='scan'.")
   zeros = jnp.zeros((2, x.shape[0], hidden), x.dtype)
   out, _, _ = rnn.lstm(x, zeros, zeros, flat_weights, lengths, input_size=x.shape[-1],
@@ -95,7 +108,9 @@ def bilstms(weights, inputs, mask, implementation: str = "scan"):
   """Outputs (B, L, 2H) of several independent BiLSTMs (parameters `weights[n]`, as returned by
   BiLSTM.weights) over inputs (B, L, Din) that share one mask (B, L); one recurrence for all (one
   per BiLSTM for the scan on a CPU)."""
-  implementation = resolve_implementation(implementation)
+  steps, batch = mask.shape[1], mask.shape[0]
+  hidden = weights[0]["forward_w_hh"].shape[0]
+  implementation = _engine(implementation, 2 * len(weights), steps, batch, hidden, inputs[0].dtype)
   if len(weights) > 1 and implementation == "scan" and jax.default_backend() == "cpu":
     return [y for w, x in zip(weights, inputs) for y in bilstms([w], [x], mask, implementation)]
   if implementation == "cudnn":

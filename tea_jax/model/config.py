@@ -8,10 +8,14 @@ from typing import Any
 
 import ml_collections
 
+from tea_jax.errors import ConfigError
+
 # The merges of docs/design.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
 MERGE_MODES = ("none", "concat", "add", "attention")
-# BiLSTM implementations (tea_jax/model/bilstm.py): "scan" everywhere, "cudnn" on CUDA GPUs only.
-LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
+# BiLSTM implementations (tea_jax/model/bilstm.py): "auto" ("pallas" on GPUs where its kernels
+# compile, "scan" elsewhere), "scan" everywhere, "pallas" (kernels on GPUs, interpreted elsewhere),
+# "cudnn" on CUDA GPUs only.
+LSTM_IMPLEMENTATIONS = ("auto", "scan", "pallas", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,17 +52,19 @@ class ModelConfig:
   paragraph_branch: bool = False
   # Weight alpha of the paragraph branch: p = (p_v + alpha p_c) / (1 + alpha).
   alpha: float = 0.5
-  # BiLSTM implementation, one of LSTM_IMPLEMENTATIONS: "scan" (everywhere) or "cudnn" (CUDA GPUs
-  # only; same parameters and results up to TF32 rounding, far fewer kernels per step).
-  lstm: str = "scan"
+  # BiLSTM implementation, one of LSTM_IMPLEMENTATIONS: "auto" (the Pallas kernels on a GPU, the
+  # scan elsewhere), "scan", "pallas" (one kernel launch per direction instead of several per time
+  # step; interpreted, slowly, off GPUs) or "cudnn" (CUDA GPUs only). Same parameters and results
+  # up to rounding (TF32 on GPUs) whatever the choice.
+  lstm: str = "auto"
 
   def __post_init__(self):
     if self.merge not in MERGE_MODES:
-      raise ValueError(f"config.model.merge={self.merge!r}: expected one of {MERGE_MODES}")
+      raise ConfigError(f"config.model.merge={self.merge!r}: expected one of {MERGE_MODES}")
     if self.lstm not in LSTM_IMPLEMENTATIONS:
-      raise ValueError(f"config.model.lstm={self.lstm!r}: expected one of {LSTM_IMPLEMENTATIONS}")
+      raise ConfigError(f"config.model.lstm={self.lstm!r}: expected one of {LSTM_IMPLEMENTATIONS}")
     if self.hidden % self.num_heads:
-      raise ValueError(f"config.model.hidden={self.hidden} is not divisible by "
+      raise ConfigError(f"config.model.hidden={self.hidden} is not divisible by "
                        f"config.model.num_heads={self.num_heads}")
 
   @property
@@ -76,7 +82,7 @@ class ModelConfig:
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-      raise ValueError(f"unknown model config fields {unknown}")
+      raise ConfigError(f"unknown model config fields {unknown}")
     return cls(**values)
 
 

@@ -1,7 +1,7 @@
 """Input embeddings: word table, projections, positional table and the video-narrative merge.
 
-docs/design.md sections 1-2. Frozen tables (GloVe rows, the positional table) live in the `frozen` variable
-collection: they are part of a checkpoint but never of the optimised parameters.
+docs/design.md sections 1-2. Frozen tables (GloVe rows, the positional table) live in the `frozen`
+variable collection: they are part of a checkpoint but never of the optimised parameters.
 """
 
 import math

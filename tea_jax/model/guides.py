@@ -1,7 +1,8 @@
 """Content- and bound-guided attention layers (docs/design.md section 5, EMB Eq. 7).
 
-A guided layer first mixes each row with two guide vectors (left, right) through a depthwise-separable
-convolution, then lets the mixed features attend (self or cross). The residual is the row-masked input.
+A guided layer first mixes each row with two guide vectors (left, right) through a
+depthwise-separable convolution, then lets the mixed features attend (self or cross). The residual
+is the row-masked input.
 """
 
 import flax.linen as nn

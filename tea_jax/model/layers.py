@@ -1,8 +1,10 @@
-"""Basic building blocks: dense layers with EMB's init, masked multi-head attention, attention layer.
+"""Basic building blocks: dense layers with EMB's init, masked multi-head attention, the
+attention layer.
 
-docs/design.md section 3. Every dense layer of EMB is a Conv1d of kernel 1 with Xavier-uniform weights and
-zero bias; LayerNorms use eps 1e-6. Masking is additive with -1e30 (never -inf), so a query row whose
-keys are all masked attends uniformly to every key, padded ones included, exactly as the reference.
+docs/design.md section 3. Every dense layer of EMB is a Conv1d of kernel 1 with Xavier-uniform
+weights and zero bias; LayerNorms use eps 1e-6. Masking is additive with -1e30 (never -inf), so a
+query row whose keys are all masked attends uniformly to every key, padded ones included, exactly as
+the reference.
 """
 
 import math

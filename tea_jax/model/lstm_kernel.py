@@ -18,10 +18,15 @@ state stays 0 and they feed nothing into the real units.
 On a CPU (tests) the same kernels run in Pallas' interpret mode.
 """
 
+import functools
+import logging
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
+
+log = logging.getLogger(__name__)
 
 # Smallest tile Triton's matmul takes along each axis.
 _MIN_TILE = 16
@@ -180,3 +185,24 @@ def lstm_backward(d_out, mask, saved, w_hh, *, num_warps: int = 8,
           _pad_axis(_pad_gates(acts, hidden, h_pad), 2, b_pad), pad_state(tanh_mem),
           jnp.swapaxes(w, 1, 2))
   return _unpad_gates(dz[:, :, :batch], hidden, h_pad)
+
+
+@functools.cache
+def compiles(steps: int, lanes: int, batch: int, hidden: int, dtype: str = "float32") -> bool:
+  """Whether both kernels compile for these shapes on this backend (once per shape and process).
+  model.lstm="auto" checks this before choosing the kernels, so that a GPU or Triton version they
+  do not compile on (too little shared memory, an unsupported tile) trains with the scan, after
+  one warning, instead of failing."""
+  state = jax.ShapeDtypeStruct((steps, lanes, batch, hidden), dtype)
+  gates = jax.ShapeDtypeStruct((steps, lanes, batch, 4 * hidden), dtype)
+  mask = jax.ShapeDtypeStruct((steps, lanes, batch, 1), dtype)
+  w_hh = jax.ShapeDtypeStruct((lanes, hidden, 4 * hidden), dtype)
+  try:
+    jax.jit(lstm_forward).lower(gates, mask, w_hh).compile()
+    jax.jit(lstm_backward).lower(state, mask, (state, gates, state), w_hh).compile()
+  except Exception as e:  # pylint: disable=broad-except  # any lowering or compiler failure
+    log.warning("model.lstm=auto: the Pallas LSTM kernels do not compile for %d lanes of "
+                "(L=%d, B=%d, H=%d) here (%s: %s); using the scan", lanes, steps, batch, hidden,
+                type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "")
+    return False
+  return True

@@ -1,5 +1,6 @@
-"""The proposal ranker of EMB (docs/design.md section 8): a 3x3 conv over the N x N map, normalised by the
-number of valid cells in each window, then a 1x1 conv and a sigmoid (exactly 0 on invalid cells)."""
+"""The proposal ranker of EMB (docs/design.md section 8): a 3x3 conv over the N x N map, normalised
+by the number of valid cells in each window, then a 1x1 conv and a sigmoid (exactly 0 on invalid
+cells)."""
 
 import flax.linen as nn
 import jax

@@ -1,0 +1,113 @@
+"""Evaluation: the jitted eval step, per-split metrics and predictions, and `--mode eval`.
+
+Predictions and metrics use the same seconds: `metrics.index_to_time` of the decoded span
+(docs/design.md section 11).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import TYPE_CHECKING
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from tea_jax import checkpointing, compilation_cache, config_checks, files, metrics
+from tea_jax.data.prefetch import to_device
+from tea_jax.data.schema import data_path
+from tea_jax.errors import InputError
+from tea_jax.mesh import check_batch_size, initialize_distributed, is_primary, make_mesh
+from tea_jax.model.config import ModelConfig
+from tea_jax.model.tea import TEA
+from tea_jax.workdir import locked
+
+if TYPE_CHECKING:
+  from tea_jax.data.input_pipeline import Records
+
+
+def make_eval_step(config, mesh):
+  """jit(forward + decoding) with a data-sharded batch."""
+  model = TEA(ModelConfig.from_config(config))
+
+  def eval_step(variables, batch):
+    out = model.apply(variables, batch, train=False)
+    start, end, score = metrics.decode_spans(out["start_prob"], out["end_prob"])
+    return {"start": start, "end": end, "score": score}
+
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P("data"))
+  return jax.jit(eval_step, in_shardings=(replicated, data), out_shardings=replicated)
+
+
+def _predictions(batch: dict, out: dict) -> list[dict]:
+  """One prediction record per valid example of a decoded batch."""
+  v_len = batch["video_mask"].sum(axis=1)
+  start_s, end_s = metrics.index_to_time(out["start"], out["end"], v_len, batch["duration"])
+  overlap = metrics.iou(start_s, end_s, batch["start_time"], batch["end_time"])
+  return [{"video_id": str(batch["video_id"][i]), "query": str(batch["query"][i]),
+           "pair_index": int(batch["pair_index"][i]),
+           "pred_start": float(start_s[i]), "pred_end": float(end_s[i]),
+           "true_start": float(batch["start_time"][i]), "true_end": float(batch["end_time"][i]),
+           "score": float(out["score"][i]), "iou": float(overlap[i])}
+          for i in np.nonzero(batch["valid"] > 0)[0]]
+
+
+def evaluate_split(eval_step, variables, records: Records, split: str, batch_size: int, mesh,
+                   progress: bool = True) -> tuple[dict, list[dict]]:
+  """Metrics and per-pair predictions of one split (padding examples not counted)."""
+  preds = []
+  n = records.size(split)
+  for batch in tqdm(records.eval_batches(split, batch_size), total=math.ceil(n / batch_size),
+                    desc=f"eval {split}", leave=False, disable=not progress):
+    out = jax.device_get(eval_step(variables, to_device(batch, mesh, whole=True)))
+    preds += _predictions(batch, out)
+  if len(preds) != n:
+    raise RuntimeError(f"evaluated {len(preds)} pairs of {split}, expected {n}")
+  return metrics.summarise(np.array([p["iou"] for p in preds])), preds
+
+
+def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
+                 progress: bool = True, eval_step=None) -> dict:
+  """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
+  check_batch_size(config.eval_batch_size, "config.eval_batch_size")
+  eval_step = eval_step or make_eval_step(config, mesh)
+  results = {}
+  for split in config.data.eval_splits:
+    summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
+                                    mesh, progress)
+    results[split] = summary
+    if is_primary():
+      files.write_lines(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
+  selection = config.data.selection_split
+  if is_primary():
+    files.write_json(os.path.join(out_dir, "metrics.json"), {
+        "step": int(step), "splits": results,
+        "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        step: int | None = None, progress: bool = True) -> dict:
+  """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
+  Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
+  from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
+  initialize_distributed(config)
+  saved = checkpointing.read_config(workdir)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = saved.model  # the checkpoint's architecture wins over the command line
+  config_checks.check_experiment(config)
+  compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
+  with locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
+    records = Records(data_path(config.data, "records_dir"), config.data)
+    if config.model.vocab_size != records.meta["vocab_size"]:
+      raise InputError(f"the checkpoint in {workdir} has a vocabulary of "
+                       f"{config.model.vocab_size} ids but the records in {records.records_dir} "
+                       f"have {records.meta['vocab_size']}")
+    variables, step = checkpointing.restore_variables(workdir, step)
+    return evaluate_all(config, variables, records, make_mesh(), workdir, step, progress)
