@@ -1,12 +1,14 @@
 """Forward and forward+backward time of the TEA/EMB model at the paper's shapes.
 
     python bench/model_step.py [--batch 16 --length 128 --words 12 --variants emb,tea]
+                               [--lstm auto]
 
 Prints a table of ms per call and samples/s for each model variant (EMB = no VN, no PQ; TEA = concat
 merge + paragraph branch) on whatever JAX backend is present (CPU here, the GPU when there is one).
 The backward pass differentiates a stand-in loss (span log-likelihood + mean highlight + mean
 proposal score) so that every output is on the gradient path; the full training step with the
-paper's losses and optimiser is measured by bench/train_step.py.
+paper's losses and optimiser is measured by bench/train_step.py. `--lstm` picks the BiLSTM
+implementation (model.lstm; "auto" is the Pallas kernels on a GPU and the scan elsewhere).
 """
 
 import argparse
@@ -70,15 +72,16 @@ def main():
   parser.add_argument("--vocab", type=int, default=1200)
   parser.add_argument("--repeats", type=int, default=10)
   parser.add_argument("--variants", default="emb,tea")
+  parser.add_argument("--lstm", default="auto", help="model.lstm (BiLSTM implementation)")
   args = parser.parse_args()
 
   print(f"backend={jax.default_backend()} devices={jax.devices()} "
-        f"B={args.batch} L={args.length} W={args.words} D={args.hidden}")
+        f"B={args.batch} L={args.length} W={args.words} D={args.hidden} lstm={args.lstm}")
   print(f"{'variant':8} {'pass':18} {'ms/step':>9} {'samples/s':>10} {'compile s':>10}")
   rng = np.random.default_rng(0)
   for name in args.variants.split(","):
     config = model_config()
-    config.update(VARIANTS[name], hidden=args.hidden, vocab_size=args.vocab)
+    config.update(VARIANTS[name], hidden=args.hidden, vocab_size=args.vocab, lstm=args.lstm)
     model = TEA(ModelConfig.from_config(config))
     variables = inference.init_params(config, jax.random.key(0))
     batch = make_batch(rng, config, args.batch, args.length, args.words)

@@ -91,6 +91,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 50
   # Stop after this many steps (0 = train all epochs); a later run resumes to the end.
   c.max_steps = 0
+  # Persistent compilation cache (tea_jax/compilation_cache.py): "" = JAX's own setting if any,
+  # else `.jax_cache` beside the workdir (else ~/.cache/tea_jax/jax_cache); a folder; or "off".
+  c.compilation_cache = ""
   # Call jax.distributed.initialize() first (multi-host runs); devices form one `data` mesh axis.
   c.distributed = False
   # Multi-host settings passed to jax.distributed.initialize when set; left empty, JAX detects them

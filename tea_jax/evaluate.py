@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, config_checks, files, metrics
+from tea_jax import checkpointing, compilation_cache, config_checks, files, metrics
 from tea_jax.data.prefetch import to_device
 from tea_jax.data.schema import data_path
 from tea_jax.errors import InputError
@@ -102,6 +102,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = saved.model  # the checkpoint's architecture wins over the command line
   config_checks.check_experiment(config)
+  compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
   with locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
     records = Records(data_path(config.data, "records_dir"), config.data)
     if config.model.vocab_size != records.meta["vocab_size"]:

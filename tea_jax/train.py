@@ -27,7 +27,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, config_checks, evaluate, files, inference, losses, optim
+from tea_jax import (checkpointing, compilation_cache, config_checks, evaluate, files, inference,
+                     losses, optim)
 from tea_jax.data.prefetch import prefetch_to_device
 from tea_jax.data.schema import data_path
 from tea_jax.errors import InputError, UserError
@@ -115,7 +116,8 @@ def make_train_step(config, tx, mesh):
     updates, opt_state = tx.update(grads, train_state["opt_state"], variables["params"])
     params = optax.apply_updates(variables["params"], updates)
     new_vars = {"params": params, "frozen": variables["frozen"]}
-    stats = dict(parts, loss=loss, grad_norm=optax.tree.norm(grads))
+    # The optimiser has computed the global norm (one reduction over its flat vector).
+    stats = dict(parts, loss=loss, grad_norm=optim.last_grad_norm(opt_state))
     return new_vars, {"opt_state": opt_state, "step": step + 1}, stats
 
   replicated = NamedSharding(mesh, P())
@@ -134,6 +136,7 @@ def _prepare(config, workdir: str):
   records = Records(data_path(config.data, "records_dir"), config.data)
   config = with_data_sizes(config, records)
   os.makedirs(workdir, exist_ok=True)
+  compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
   if is_primary():
     files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
     files.write_json(os.path.join(workdir, "vocab.json"),

@@ -1,9 +1,11 @@
 """Content guides, bound guides and the guide convolution against brute-force loops."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from tea_jax.model.guides import GuideConv, bound_guides, content_guides
+from tea_jax.model.guides import GuideConv, bound_guides, content_guides, cumulative_max
 from tea_jax.model.proposals import proposal_map
 from tea_jax.model.config import ModelConfig
 
@@ -24,15 +26,44 @@ def brute_content_guides(x, mask):
   return left, right
 
 
-def test_content_guides_match_brute_force(rng):
+@pytest.mark.parametrize("method", ["scan", "window"])
+def test_content_guides_match_brute_force(rng, method):
   lengths = [1, 5, 9, 13]
   l, d = 13, 4
   x = rng.normal(size=(len(lengths), l, d)).astype(np.float32)
   mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)
-  left, right = content_guides(x, mask)
+  left, right = content_guides(x, mask, method)
   ref_left, ref_right = brute_content_guides(x, mask)
   np.testing.assert_array_equal(np.asarray(left), ref_left)
   np.testing.assert_array_equal(np.asarray(right), ref_right)
+
+
+def test_content_guide_gradients_agree_between_methods(rng):
+  # Without ties both methods send each output's gradient to the one frame holding the max.
+  lengths, l, d = [4, 11, 11], 11, 3
+  x = rng.normal(size=(3, l, d)).astype(np.float32)
+  mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)
+  probe = rng.normal(size=(2, 3, l, d)).astype(np.float32)
+
+  def loss(x, method):
+    left, right = content_guides(x, mask, method)
+    return jnp.sum(left * probe[0]) + jnp.sum(right * probe[1])
+
+  scan, window = (jax.grad(loss)(x, m) for m in ("scan", "window"))
+  np.testing.assert_allclose(window, scan, rtol=1e-6, atol=1e-6)
+  # Brute force: frame k of sample 0 receives the probes of the outputs whose max it is.
+  left, right = brute_content_guides(x, mask)
+  expected = np.zeros_like(x)
+  for t in range(l):
+    for side, guide in enumerate((left, right)):
+      hit = (x[0] == guide[0, t]) & (guide[0, t] != 0)
+      expected[0] += hit * probe[side, 0, t]
+  np.testing.assert_allclose(np.asarray(window)[0], expected[0], rtol=1e-6, atol=1e-6)
+
+
+def test_cumulative_max_refuses_an_unknown_method(rng):
+  with pytest.raises(ValueError, match="window"):
+    cumulative_max(np.zeros((1, 3, 1), np.float32), method="tree")
 
 
 def test_content_guides_ignore_masked_frames_even_if_larger(rng):

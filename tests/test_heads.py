@@ -1,5 +1,8 @@
 """Fusion, gate, BiLSTM predictor and ranker against numpy references (docs/design.md section 8)."""
 
+import dataclasses
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +12,8 @@ from jax.experimental import rnn
 from tea_jax.model import bilstm
 from tea_jax.model.fusion import ContextQueryFusion, HighlightGate
 from tea_jax.model.bilstm import BiLSTM
-from tea_jax.model.span_predictor import SpanPredictor
+from tea_jax.model.span_predictor import SpanPredictor, predict_spans
+from tea_jax.model.tea import TEA
 from tea_jax.model.ranker import Ranker, valid_count_weights
 from tea_jax.model.config import ModelConfig
 
@@ -93,28 +97,54 @@ def test_bilstm_respects_each_length_in_both_directions(rng):
     assert np.all(ours[s, n:] == 0)
 
 
-def test_lstm_pair_backward_equals_autodiff_of_its_forward(rng):
+def ragged_lanes(rng, l=9, b=3, h=4, lengths=(9, 5, 1)):
+  """Gate inputs, masks and weights of 4 lanes: two forward, two time-reversed (padding first)."""
+  m_f = (np.arange(l)[:, None] < np.asarray(lengths)[None]).astype(np.float32)[..., None]
+  mask = np.stack([m_f, m_f[::-1], m_f, m_f[::-1]], axis=1)  # (L, K, B, 1)
+  gates = rng.normal(size=(l, 4, b, 4 * h)).astype(np.float32)
+  w_hh = (rng.normal(size=(4, h, 4 * h)) * 0.5).astype(np.float32)
+  return gates, mask, w_hh
+
+
+def test_lstm_lanes_backward_equals_autodiff_of_its_forward(rng):
   # The hand-written VJP against JAX differentiating the same forward scan, with ragged masks and
-  # both directions (the backward one reads time-reversed inputs, padding first).
-  l, b, h = 9, 3, 4
-  lengths = np.array([9, 5, 1])
-  m_f = (np.arange(l)[:, None] < lengths[None]).astype(np.float32)[..., None]
-  args = (rng.normal(size=(l, b, 4 * h)).astype(np.float32), m_f,
-          rng.normal(size=(l, b, 4 * h)).astype(np.float32), m_f[::-1].copy(),
-          rng.normal(size=(h, 4 * h)).astype(np.float32) * 0.5,
-          rng.normal(size=(h, 4 * h)).astype(np.float32) * 0.5)
-  probes = [rng.normal(size=(l, b, h)).astype(np.float32) for _ in range(2)]
+  # both directions (the backward lanes read time-reversed inputs, padding first).
+  gates, mask, w_hh = ragged_lanes(rng)
+  probe = rng.normal(size=gates.shape[:-1] + (w_hh.shape[1],)).astype(np.float32)
+  lanes = lambda a: tuple(a[:, k] for k in range(a.shape[1]))
 
-  def loss(fn, gin_f, gin_b, w_f, w_b):
-    out_f, out_b = fn(gin_f, args[1], gin_b, args[3], w_f, w_b)
-    return jnp.sum(out_f * probes[0]) + jnp.sum(out_b * probes[1])
+  def loss(lstm, g, w):
+    return jnp.sum(jnp.stack(lstm(lanes(g), lanes(mask), w), axis=1) * probe)
 
-  autodiff = lambda *a: bilstm._pair_forward(*a)[0]  # pylint: disable=protected-access
-  diff = (args[0], args[2], args[4], args[5])
-  ours = jax.grad(lambda *a: loss(bilstm.lstm_pair, *a), argnums=(0, 1, 2, 3))(*diff)
-  theirs = jax.grad(lambda *a: loss(autodiff, *a), argnums=(0, 1, 2, 3))(*diff)
+  autodiff = lambda g, m, w: bilstm._scan_forward(g, m, w)[0]  # pylint: disable=protected-access
+  ours = jax.grad(lambda g, w: loss(bilstm.lstm_lanes, g, w), (0, 1))(gates, w_hh)
+  theirs = jax.grad(lambda g, w: loss(autodiff, g, w), (0, 1))(gates, w_hh)
   for a, b_ in zip(ours, theirs):
     np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6)
+
+
+def test_bilstms_together_equal_each_alone(rng, monkeypatch):
+  # Two BiLSTMs in one recurrence (4 lanes) give what each gives alone, gradients included. (The
+  # CPU runs the scans of several BiLSTMs apart: the test poses as another backend.)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  lengths, l, din, h = [7, 3, 1], 7, 5, 4
+  mask = (np.arange(l)[None] < np.array(lengths)[:, None]).astype(np.float32)
+  xs = [rng.normal(size=(3, l, din)).astype(np.float32) for _ in range(2)]
+  params = [BiLSTM(h).init(jax.random.key(n), xs[n], mask)["params"] for n in range(2)]
+  probes = [rng.normal(size=(3, l, 2 * h)).astype(np.float32) for _ in range(2)]
+
+  def together(params, xs):
+    outs = bilstm.bilstms(params, xs, mask)
+    return sum(jnp.sum(o * p) for o, p in zip(outs, probes)), outs
+
+  def alone(params, xs):
+    outs = [BiLSTM(h).apply({"params": p}, x, mask) for p, x in zip(params, xs)]
+    return sum(jnp.sum(o * p) for o, p in zip(outs, probes)), outs
+
+  (_, out_t), grads_t = jax.value_and_grad(together, (0, 1), has_aux=True)(params, xs)
+  (_, out_a), grads_a = jax.value_and_grad(alone, (0, 1), has_aux=True)(params, xs)
+  for a, b in zip(jax.tree.leaves((out_t, grads_t)), jax.tree.leaves((out_a, grads_a))):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def lstm_ref_bilstm(x, lengths, flat_weights, hidden):
@@ -157,8 +187,8 @@ def test_cudnn_bilstm_needs_a_gpu_and_names_the_fix(rng):
   mask = np.ones((2, 4), np.float32)
   with pytest.raises(ValueError, match="model.lstm='scan'"):
     BiLSTM(4, "cudnn").init(jax.random.key(0), x, mask)
-  with pytest.raises(ValueError, match="must be one of"):
-    BiLSTM(4, "pallas").init(jax.random.key(0), x, mask)
+  with pytest.raises(ValueError, match="expected one of"):
+    BiLSTM(4, "fused").init(jax.random.key(0), x, mask)
 
 
 def test_span_predictor_masks_padding(rng):
@@ -205,3 +235,78 @@ def test_ranker_matches_numpy_conv_and_count_normalisation(rng):
   expected = (1 / (1 + np.exp(-logits[..., 0]))) * mask_map
   np.testing.assert_allclose(ours, expected.reshape(b, n * n), atol=1e-6)
   assert np.all(ours[mask == 0] == 0)
+
+
+def test_span_predictors_together_equal_each_alone(rng, monkeypatch):
+  # predict_spans advances both predictors' BiLSTMs in the same recurrences (TEA's video and
+  # paragraph predictors) off the CPU; each must get what it gets alone.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  c = ModelConfig(hidden=8, num_heads=1)
+  mask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]], np.float32)
+  xs = [rng.normal(size=(2, 6, 8)).astype(np.float32) for _ in range(2)]
+  params = [SpanPredictor(c).init(jax.random.key(n), xs[n], mask) for n in range(2)]
+
+  class Pair(nn.Module):
+    @nn.compact
+    def __call__(self, xs, mask):
+      return predict_spans([SpanPredictor(c, name=f"p{n}") for n in range(2)], xs, mask)
+
+  together = Pair().apply({"params": {f"p{n}": params[n]["params"] for n in range(2)}}, xs, mask)
+  for n in range(2):
+    alone = SpanPredictor(c).apply(params[n], xs[n], mask)
+    for ours, ref in zip(together[n], alone):
+      np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tea_model():
+  from conftest import random_batch, tiny_model_config
+  from tea_jax import inference
+  config = tiny_model_config(merge="concat", paragraph_branch=True)
+  params = inference.init_params(config, jax.random.key(0))
+  batch = random_batch(np.random.default_rng(1), config, lengths=[10, 4], words=[3, 5])
+  return ModelConfig.from_config(config), params, batch
+
+
+def test_batched_frame_branches_equal_separate_branches(tea_model):
+  # The GPU layout (video and paragraph branches vmapped over stacked parameters) against the
+  # CPU one, in evaluation (no dropout): same outputs, and the same gradients.
+  config, params, batch = tea_model
+  keys = ("start_logits", "end_logits", "paragraph_start_logits", "highlight", "proposal_scores")
+
+  def run(batched):
+    model = TEA(config, batch_branches=batched)
+    out = model.apply(params, batch)
+    grad = jax.grad(lambda p: model.apply({"params": p, "frozen": params["frozen"]}, batch)[
+        "start_prob"][:, 2].sum())(params["params"])
+    return [np.asarray(out[k]) for k in keys], grad
+
+  (out_b, grad_b), (out_s, grad_s) = run(True), run(False)
+  for ours, ref in zip(out_b, out_s):
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_b, grad_s)
+
+
+def test_batched_frame_branches_draw_their_own_dropout(tea_model):
+  config, params, batch = tea_model
+  model = TEA(config, batch_branches=True)
+  run = lambda seed: model.apply(params, batch, train=True,
+                                rngs={"dropout": jax.random.key(seed)})
+  a, again, other = run(1), run(1), run(2)
+  np.testing.assert_array_equal(a["start_logits"], again["start_logits"])
+  assert np.abs(np.asarray(a["start_logits"]) - np.asarray(other["start_logits"])).max() > 1e-4
+  # Both branches received dropout.
+  clean = model.apply(params, batch)
+  assert np.abs(np.asarray(a["paragraph_start_logits"] - clean["paragraph_start_logits"])).max() > 0
+  assert np.abs(np.asarray(a["start_logits"] - clean["start_logits"])).max() > 0
+
+
+def test_tea_with_the_pallas_lstm_equals_the_scan(tea_model, monkeypatch):
+  # model.lstm="pallas" (interpreted here) through the whole model.
+  config, params, batch = tea_model
+  scan = TEA(config).apply(params, batch)
+  pallas = TEA(dataclasses.replace(config, lstm="pallas")).apply(params, batch)
+  for key in ("start_logits", "end_logits", "paragraph_start_logits", "paragraph_end_logits"):
+    valid = batch["video_mask"] > 0
+    np.testing.assert_allclose(np.asarray(pallas[key])[valid], np.asarray(scan[key])[valid],
+                               rtol=1e-5, atol=1e-5)

@@ -81,3 +81,59 @@ def test_learning_rate_decays_linearly_to_zero():
   schedule = optim.learning_rate_schedule(config(), 10)
   np.testing.assert_allclose([float(schedule(k)) for k in (0, 5, 9, 10)],
                              [5e-4, 2.5e-4, 5e-5, 0.0], rtol=1e-6)
+
+
+def test_flat_layout_follows_the_pytree_and_slices_back(rng):
+  params = {"a": {"bias": rng.normal(size=(3,)).astype(np.float32),
+                  "kernel": rng.normal(size=(2, 3)).astype(np.float32)},
+            "b": {"kernel": rng.normal(size=(4,)).astype(np.float32)}}
+  layout = optim.flat_layout(params, optim.decay_mask)
+  flat = np.asarray(optim.ravel(layout, params))
+  assert layout.size == 13 and layout.decayed == (False, True, True)
+  np.testing.assert_array_equal(flat, np.concatenate(
+      [params["a"]["bias"], params["a"]["kernel"].ravel(), params["b"]["kernel"]]))
+  pieces = optim.leaf_slices(layout, jax.numpy.asarray(flat))
+  for piece, leaf in zip(pieces, jax.tree_util.tree_leaves(params)):
+    np.testing.assert_array_equal(piece, leaf)
+
+
+def test_state_keeps_the_unclipped_gradient_norm(rng):
+  params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+            "bias": rng.normal(size=(4,)).astype(np.float32)}
+  grads = {k: (rng.normal(size=v.shape) * 3).astype(np.float32) for k, v in params.items()}
+  tx = optim.make_optimizer(config(), 4)
+  _, state = tx.update(grads, tx.init(params), params)
+  expected = np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads.values()))
+  np.testing.assert_allclose(float(optim.last_grad_norm(state)), expected, rtol=1e-6)
+  assert state.mu.shape == state.nu.shape == (16,)
+
+
+def test_accelerator_path_reduces_the_flat_vector_once(rng, monkeypatch):
+  # Off the CPU the norm is one reduction over the flat gradients (other rounding, same value).
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+            "bias": rng.normal(size=(4,)).astype(np.float32)}
+  grads_seq = [{k: (rng.normal(size=v.shape) * s).astype(np.float32) for k, v in params.items()}
+               for s in (3.0, 0.05)]
+  tx = optim.make_optimizer(config(), 4)
+  state, p = tx.init(params), params
+  jaxpr = jax.make_jaxpr(lambda g, s, p: tx.update(g, s, p))(grads_seq[0], state, params)
+  assert sum(e.primitive.name == "reduce_sum" for e in jaxpr.eqns) == 1
+  for grads in grads_seq:
+    updates, state = tx.update(grads, state, p)
+    p = jax.tree_util.tree_map(lambda a, b: a + b, p, updates)
+  expected = numpy_steps(params, grads_seq, {"kernel": True, "bias": False}, 5e-4, 4)
+  for name in params:
+    np.testing.assert_allclose(np.asarray(p[name]), expected[name], rtol=1e-6, atol=1e-7)
+
+
+def test_state_of_per_parameter_moments_converts_to_the_flat_layout(rng):
+  params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
+            "bias": rng.normal(size=(4,)).astype(np.float32)}
+  mu = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+  nu = {k: rng.random(size=v.shape).astype(np.float32) for k, v in params.items()}
+  state = optim.flat_state_from_tree(7, mu, nu, params)
+  assert int(state.count) == 7
+  # Pytree order: "bias" before "kernel".
+  np.testing.assert_array_equal(state.mu, np.concatenate([mu["bias"], mu["kernel"].ravel()]))
+  np.testing.assert_array_equal(state.nu, np.concatenate([nu["bias"], nu["kernel"].ravel()]))

@@ -12,8 +12,10 @@ from tea_jax.errors import ConfigError
 
 # The merges of docs/design.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
 MERGE_MODES = ("none", "concat", "add", "attention")
-# BiLSTM implementations (tea_jax/model/bilstm.py): "scan" everywhere, "cudnn" on CUDA GPUs only.
-LSTM_IMPLEMENTATIONS = ("scan", "cudnn")
+# BiLSTM implementations (tea_jax/model/bilstm.py): "auto" ("pallas" on GPUs where its kernels
+# compile, "scan" elsewhere), "scan" everywhere, "pallas" (kernels on GPUs, interpreted elsewhere),
+# "cudnn" on CUDA GPUs only.
+LSTM_IMPLEMENTATIONS = ("auto", "scan", "pallas", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +52,11 @@ class ModelConfig:
   paragraph_branch: bool = False
   # Weight alpha of the paragraph branch: p = (p_v + alpha p_c) / (1 + alpha).
   alpha: float = 0.5
-  # BiLSTM implementation, one of LSTM_IMPLEMENTATIONS: "scan" (everywhere) or "cudnn" (CUDA GPUs
-  # only; same parameters and results up to TF32 rounding, far fewer kernels per step).
-  lstm: str = "scan"
+  # BiLSTM implementation, one of LSTM_IMPLEMENTATIONS: "auto" (the Pallas kernels on a GPU, the
+  # scan elsewhere), "scan", "pallas" (one kernel launch per direction instead of several per time
+  # step; interpreted, slowly, off GPUs) or "cudnn" (CUDA GPUs only). Same parameters and results
+  # up to rounding (TF32 on GPUs) whatever the choice.
+  lstm: str = "auto"
 
   def __post_init__(self):
     if self.merge not in MERGE_MODES:

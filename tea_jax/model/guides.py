@@ -14,8 +14,31 @@ from tea_jax.model.layers import (MASK_VALUE, AttentionLayer, Dense, Dropout, La
                                   self_mask, uniform_init, xavier_bound)
 
 
-def content_guides(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Max over all valid earlier / later frames, per channel, in O(L D) with a cumulative max.
+def cumulative_max(x: jax.Array, *, reverse: bool = False, method: str | None = None
+                   ) -> jax.Array:
+  """Inclusive running max along axis 1 of x (B, L, D), from the start (or the end if reverse).
+
+  method "scan": lax.cummax, an associative scan: O(L D) work but ~40 HLO ops per level, which XLA's
+  CPU runs fast. "window": one reduce_window over each whole prefix: O(L^2 D) compares (nothing
+  for a GPU at L = 128) in one kernel, and its gradient in one select-and-scatter, where the scan
+  takes dozens of launches and ~20x the program. Default: "scan" on the CPU, "window" elsewhere.
+  Both give the same values; the gradient differs only in how ties share it.
+  """
+  method = method or ("scan" if jax.default_backend() == "cpu" else "window")
+  if method == "scan":
+    return jax.lax.cummax(x, axis=1, reverse=reverse)
+  if method != "window":
+    raise ValueError(f"cumulative_max method must be 'scan' or 'window', got {method!r}")
+  length = x.shape[1]
+  prefix = (0, length - 1) if reverse else (length - 1, 0)
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, length, 1), (1, 1, 1),
+                               ((0, 0), prefix, (0, 0)))
+
+
+def content_guides(x: jax.Array, mask: jax.Array, method: str | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
+  """Max over all valid earlier / later frames, per channel, with a cumulative max
+  (`cumulative_max`'s method).
 
   x (B, L, D), mask (B, L). left[t] = max_{valid k < t} x[k], right[t] = max_{valid k > t} x[k];
   0 where no such frame exists and 0 at every padded t (the reference zeroes them after pooling).
@@ -23,8 +46,9 @@ def content_guides(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]
   masked = x + (1.0 - mask[..., None]) * MASK_VALUE
   fill = jnp.full_like(masked[:, :1], MASK_VALUE)
   # Exclusive cumulative max: shift the inclusive one by a frame.
-  left = jnp.concatenate([fill, jax.lax.cummax(masked, axis=1)[:, :-1]], axis=1)
-  right = jnp.concatenate([jax.lax.cummax(masked, axis=1, reverse=True)[:, 1:], fill], axis=1)
+  left = jnp.concatenate([fill, cumulative_max(masked, method=method)[:, :-1]], axis=1)
+  right = jnp.concatenate(
+      [cumulative_max(masked, reverse=True, method=method)[:, 1:], fill], axis=1)
   row_valid = mask[..., None] > 0
   # A finite max means a valid frame exists on that side (masked entries sit at -1e30).
   left = jnp.where(row_valid & (left > 0.5 * MASK_VALUE), left, 0.0)

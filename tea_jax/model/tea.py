@@ -16,7 +16,7 @@ from tea_jax.model.encoder import FrameEncoder, ProposalEncoder
 from tea_jax.model.fusion import ContextQueryFusion, HighlightGate
 from tea_jax.model.proposals import num_cells, proposal_map, scatter_upper, upper_triangle
 from tea_jax.model.ranker import Ranker
-from tea_jax.model.span_predictor import SpanPredictor
+from tea_jax.model.span_predictor import SpanPredictor, predict_spans
 
 # Submodule names of the two frame branches: the video branch keeps EMB's checkpoint names, the
 # paragraph branch (PQ) has the same modules with their own weights.
@@ -27,9 +27,16 @@ PARAGRAPH_BRANCH = dict(encoder="paragraph_encoder", fusion="paragraph_fusion",
 
 
 class TEA(nn.Module):
-  """Video moment retrieval with text-enhanced alignment."""
+  """Video moment retrieval with text-enhanced alignment.
+
+  `batch_branches` runs the video and paragraph frame branches (same shapes, own weights) as one
+  computation over their stacked parameters instead of two: half the kernels per step and half the
+  program on a GPU. None (the default) does so on GPUs only, where launches bound the step; the
+  CPU keeps the two branches apart (its numbers, dropout masks included, stay as they were).
+  """
 
   config: ModelConfig
+  batch_branches: bool | None = None
 
   @nn.compact
   def __call__(self, batch: dict[str, Any], *, train: bool = False) -> dict[str, jax.Array]:
@@ -42,16 +49,20 @@ class TEA(nn.Module):
     video, narrative = self._embed_video(batch, video_mask, train)
     video = video + positions(video_mask.shape[1])  # V0 (B, L, D)
 
-    stream, frames = self._frame_branch(VIDEO_BRANCH, video, query, video_mask, query_mask, train)
-    start_logits, end_logits, highlight = frames
+    branches = [(VIDEO_BRANCH, video)]
+    if c.paragraph_branch:
+      branches.append((PARAGRAPH_BRANCH, narrative + positions(video_mask.shape[1])))
+    frames = self._frame_branches(branches, query, video_mask, query_mask, train)
+    # Both span predictors at once: on GPUs their BiLSTMs advance in the same recurrences.
+    logits = predict_spans([SpanPredictor(c, name=names["predictor"]) for names, _ in branches],
+                           [fused for _, fused, _ in frames], video_mask)
+    (start_logits, end_logits), (stream, _, highlight) = logits[0], frames[0]
     outputs = dict(start_logits=start_logits, end_logits=end_logits, highlight=highlight,
                    **self._proposal_branch(video, stream, video_mask, query_mask, train))
     start_prob = jax.nn.softmax(start_logits, axis=-1)
     end_prob = jax.nn.softmax(end_logits, axis=-1)
     if c.paragraph_branch:
-      paragraph = narrative + positions(video_mask.shape[1])
-      _, (p_start, p_end, _) = self._frame_branch(PARAGRAPH_BRANCH, paragraph, query, video_mask,
-                                                  query_mask, train)
+      p_start, p_end = logits[1]
       outputs.update(paragraph_start_logits=p_start, paragraph_end_logits=p_end)
       # p = (p_v + alpha p_c) / (1 + alpha): same argmax as the paper's p_v + alpha p_c.
       start_prob = (start_prob + c.alpha * jax.nn.softmax(p_start, -1)) / (1.0 + c.alpha)
@@ -74,18 +85,53 @@ class TEA(nn.Module):
       video = NarrativeMerge(c, name="merge")(video, narrative, video_mask, train=train)
     return video, narrative
 
+  def _frame_branches(self, branches, query, frame_mask, query_mask, train):
+    """(encoder stream, gated fused features, highlight) of each (names, frames) branch."""
+    batched = self.batch_branches
+    if batched is None:
+      batched = jax.default_backend() == "gpu"
+    # Parameters are created by the plain path; the batched one reads them.
+    if batched and len(branches) > 1 and not self.is_initializing():
+      return self._stacked_frame_branches(branches, query, frame_mask, query_mask, train)
+    return [self._frame_branch(names, frames, query, frame_mask, query_mask, train)
+            for names, frames in branches]
+
   def _frame_branch(self, names, frames, query, frame_mask, query_mask, train):
-    """Encoder, context-query fusion, highlight gate and span predictor over one frame sequence
-    (video snippets or narrative snippets). Returns the encoder stream and (start logits, end
-    logits, highlight)."""
+    """Encoder, context-query fusion and highlight gate over one frame sequence (video snippets
+    or narrative snippets)."""
     c = self.config
     stream = FrameEncoder(c, name=names["encoder"])(frames, query, frame_mask, query_mask,
                                                     train=train)
     fused = ContextQueryFusion(c, name=names["fusion"])(stream["frames"], stream["query"],
                                                         frame_mask, query_mask, train=train)
     fused, highlight = HighlightGate(name=names["gate"])(fused, frame_mask)
-    start_logits, end_logits = SpanPredictor(c, name=names["predictor"])(fused, frame_mask)
-    return stream, (start_logits, end_logits, highlight)
+    return stream, fused, highlight
+
+  def _stacked_frame_branches(self, branches, query, frame_mask, query_mask, train):
+    """_frame_branch of every branch as one vmapped computation over stacked parameters."""
+    c = self.config
+    params = self.variables["params"]
+    parts = ("encoder", "fusion", "gate")
+    stacked = jax.tree_util.tree_map(
+        lambda *leaves: jnp.stack(leaves),
+        *[{part: params[names[part]] for part in parts} for names, _ in branches])
+    keys = jax.random.split(self.make_rng("dropout"), len(branches)) if train else None
+
+    def branch(p, frames, key):
+      rngs = {"dropout": key} if train else {}
+      stream = FrameEncoder(c).apply({"params": p["encoder"]}, frames, query, frame_mask,
+                                     query_mask, train=train, rngs=rngs)
+      fused = ContextQueryFusion(c).apply({"params": p["fusion"]}, stream["frames"],
+                                          stream["query"], frame_mask, query_mask, train=train,
+                                          rngs=rngs)
+      fused, highlight = HighlightGate().apply({"params": p["gate"]}, fused, frame_mask)
+      return stream, fused, highlight
+
+    frames = jnp.stack([f for _, f in branches])
+    stream, fused, highlight = jax.vmap(branch, in_axes=(0, 0, 0 if train else None))(
+        stacked, frames, keys)
+    return [jax.tree_util.tree_map(lambda a, n=n: a[n], (stream, fused, highlight))
+            for n in range(len(branches))]
 
   def _proposal_branch(self, video, stream, video_mask, query_mask, train):
     """EMB's elastic-boundary branch: every (start cell, end cell) proposal scored by the ranker."""
