@@ -154,13 +154,36 @@ def _check_architecture(mngr, step: int, variables_like) -> None:
                           f"resume with the config it was trained with or use a new workdir")
 
 
-def restore_latest_intact(mngr, variables_like, train_state_like) -> dict[str, Any] | None:
+def _restore_converted(mngr, step: int, variables_like, train_state_like, convert):
+  """Checkpoint `step` restored as saved, its training state converted by `convert(saved state,
+  variables)` when its layout is not `train_state_like`'s (one written by an older tea_jax);
+  None when the layouts agree."""
+  metadata = mngr.item_metadata(step)[TRAIN_STATE]
+  saved = getattr(metadata, "tree", metadata)
+  if _leaf_shapes(saved) == _leaf_shapes(train_state_like):
+    return None
+  if convert is None:
+    raise CheckpointError(f"checkpoint {mngr.directory / str(step)} holds a training state of "
+                          f"another layout than this version of tea_jax writes")
+  items = restore(mngr, step, variables_like=variables_like, train_state_like=saved)
+  items[TRAIN_STATE] = convert(items[TRAIN_STATE], items[VARIABLES])
+  log.warning("checkpoint %s: training state of an older layout, converted to the current one",
+              mngr.directory / str(step))
+  return items
+
+
+def restore_latest_intact(mngr, variables_like, train_state_like,
+                          convert=None) -> dict[str, Any] | None:
   """Restores the newest checkpoint that can be read; damaged newer ones are reported in one line
   each and moved to <workdir>/damaged_checkpoints/ (kept, never deleted). None when there is
-  no checkpoint at all."""
+  no checkpoint at all. A training state in an older layout goes through `convert` (or is a
+  CheckpointError), never counted as damage."""
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       _check_architecture(mngr, step, variables_like)
+      converted = _restore_converted(mngr, step, variables_like, train_state_like, convert)
+      if converted is not None:
+        return converted
       return restore(mngr, step, variables_like=variables_like,
                      train_state_like=train_state_like)
     except CheckpointError:

@@ -31,7 +31,7 @@ from tea_jax import (checkpointing, compilation_cache, config_checks, evaluate, 
                      losses, optim)
 from tea_jax.data.prefetch import prefetch_to_device
 from tea_jax.data.schema import data_path
-from tea_jax.errors import InputError, UserError
+from tea_jax.errors import CheckpointError, InputError, UserError
 from tea_jax.mesh import initialize_distributed, is_primary, make_mesh
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
@@ -151,11 +151,38 @@ def _restore_or_init(mngr, config, records: Records, tx, mesh):
   """The latest checkpoint's state, else a fresh one; committed and replicated over the mesh so
   that the jitted step compiles exactly once."""
   variables, train_state = init_state(config, records, tx, jax.random.key(config.seed))
-  restored = checkpointing.restore_latest_intact(mngr, variables, train_state)
+  restored = checkpointing.restore_latest_intact(mngr, variables, train_state,
+                                                convert=optimizer_state_from_older_layout)
   if restored is not None:
     variables, train_state = restored["variables"], restored["train_state"]
     log.info("resumed from step %d", int(train_state["step"]))
   return jax.device_put((variables, train_state), NamedSharding(mesh, P()))
+
+
+def optimizer_state_from_older_layout(saved: dict, variables: dict) -> dict:
+  """The training state of a checkpoint written before the optimizer's moments were flat (an
+  AdamW state with per-parameter `mu` and `nu` trees): the same moments in the flat layout."""
+  found = []
+
+  def search(node):
+    if isinstance(node, dict):
+      if {"count", "mu", "nu"} <= set(node):
+        found.append(node)
+      for child in node.values():
+        search(child)
+    elif isinstance(node, (list, tuple)):
+      for child in node:
+        search(child)
+
+  search(saved.get("opt_state"))
+  if len(found) != 1:
+    raise CheckpointError(
+        "the checkpoint's optimizer state has a layout this tea_jax cannot convert; evaluate and "
+        "predict still work on it, training must start in a new workdir")
+  adam = found[0]
+  opt_state = optim.flat_state_from_tree(adam["count"], adam["mu"], adam["nu"],
+                                         variables["params"])
+  return {"opt_state": opt_state, "step": saved["step"]}
 
 
 class _TrainLog:

@@ -6,6 +6,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 # Parity tests compare float32 to 1e-4..1e-6: no reduced-precision matmuls (TF32 on GPUs).
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -21,6 +22,18 @@ def shared_path(*parts: str) -> pathlib.Path:
     pytest.skip(f"SKIPPED (no shared data): {path} is absent; put the project's shared/ folder "
                 f"beside the checkout or set TEA_SHARED to run this test")
   return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent compilation cache for the whole run, shared with the subprocesses the tests
+  start: the many small trainings compile the same few programs (as a user's reruns do, see
+  tea_jax/compilation_cache.py), and each is compiled once. A cache the caller set is kept."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax_cache.reset_cache()  # in case something compiled (and JAX looked for a cache) at collection
+  yield os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def pytest_terminal_summary(terminalreporter):

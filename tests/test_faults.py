@@ -65,11 +65,11 @@ def epoch(data_root) -> int:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-  # One persistent compilation cache for all subprocesses: restarts load the compiled step.
-  cache = tmp_path_factory.mktemp("jax_cache")
+def env(compilation_cache):
+  # The session's persistent compilation cache (conftest): restarts load the compiled step.
   return dict(os.environ, PYTHONPATH=f"{REPO}:{REPO / 'tests'}",
-              JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_COMPILATION_CACHE_DIR=compilation_cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 

@@ -276,9 +276,10 @@ def test_batched_frame_branches_equal_separate_branches(tea_model):
 
   def run(batched):
     model = TEA(config, batch_branches=batched)
-    out = model.apply(params, batch)
-    grad = jax.grad(lambda p: model.apply({"params": p, "frozen": params["frozen"]}, batch)[
-        "start_prob"][:, 2].sum())(params["params"])
+    out = jax.jit(model.apply)(params, batch)  # compiled: eager dispatch of every op is slower
+    grad = jax.jit(jax.grad(lambda p: model.apply({"params": p, "frozen": params["frozen"]},
+                                                  batch)["start_prob"][:, 2].sum()))(
+                                                      params["params"])
     return [np.asarray(out[k]) for k in keys], grad
 
   (out_b, grad_b), (out_s, grad_s) = run(True), run(False)

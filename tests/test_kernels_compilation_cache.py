@@ -15,10 +15,13 @@ from tea_jax import compilation_cache
 def no_env(monkeypatch, tmp_path):
   monkeypatch.delenv(compilation_cache.ENV_VAR, raising=False)
   monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  saved = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+  compilation_cache.disable()  # as a process where JAX has no cache of its own
   yield
   compilation_cache.disable()
-  jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                    compilation_cache.MIN_COMPILE_SECONDS)
+  jax.config.update("jax_compilation_cache_dir", saved[0])  # the test session's cache
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])
 
 
 def test_directory_precedence(no_env, monkeypatch, tmp_path):

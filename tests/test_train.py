@@ -2,13 +2,16 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
+import optax
 import pytest
 from conftest import REPO, tiny_train_config
 
@@ -86,6 +89,33 @@ def final_params(workdir):
   return jax.tree_util.tree_leaves(restored["variables"])
 
 
+class OlderAdamWState(NamedTuple):
+  """The optimizer state of tea_jax before its moments were flat: per-parameter trees."""
+  count: jax.Array
+  mu: dict
+  nu: dict
+
+
+def write_older_optimizer_layout(workdir, step):
+  """Rewrites checkpoint `step` with its optimizer state in the older layout (clipping's empty
+  state, then AdamW's count and moment trees), moments unflattened by hand with numpy."""
+  with checkpointing.manager(str(workdir)) as mngr:
+    metadata = mngr.item_metadata(step)["train_state"]
+    items = checkpointing.restore(mngr, step, train_state_like=getattr(metadata, "tree", metadata))
+    params = items["variables"]["params"]
+    adam = items["train_state"]["opt_state"]
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    sizes = np.cumsum([0] + [int(np.prod(x.shape)) for x in leaves])
+    tree = lambda flat: jax.tree_util.tree_unflatten(treedef, [
+        np.asarray(flat)[a:b].reshape(x.shape) for a, b, x in zip(sizes[:-1], sizes[1:], leaves)])
+    assert sizes[-1] == np.asarray(adam["mu"]).size
+    older = {"opt_state": (optax.EmptyState(), OlderAdamWState(
+        np.asarray(adam["count"]), tree(adam["mu"]), tree(adam["nu"]))),
+             "step": items["train_state"]["step"]}
+    mngr.delete(step)
+    checkpointing.save(mngr, step, items["variables"], older)
+
+
 def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
   straight = tmp_path / "straight"
   result = train.train_and_evaluate(tiny_train_config(data_root), str(straight), progress=False)
@@ -94,9 +124,19 @@ def test_resume_after_interruption_is_bit_identical(data_root, tmp_path):
   partial = train.train_and_evaluate(tiny_train_config(data_root, max_steps=3), str(interrupted),
                                      progress=False)
   assert partial["step"] == 3 and "metrics" not in partial
+  older = tmp_path / "older"
+  shutil.copytree(interrupted, older)
+  write_older_optimizer_layout(older, 3)
   resumed = train.train_and_evaluate(tiny_train_config(data_root), str(interrupted), progress=False)
   assert resumed["step"] == total
   for a, b in zip(final_params(str(straight)), final_params(str(interrupted)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # A checkpoint whose optimizer state has the per-parameter layout of older tea_jax versions is
+  # converted, not set aside as damaged, and training goes on exactly as from the flat one.
+  assert train.train_and_evaluate(tiny_train_config(data_root), str(older),
+                                  progress=False)["step"] == total
+  assert not (older / checkpointing.DAMAGED_DIR).exists()
+  for a, b in zip(final_params(str(straight)), final_params(str(older)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Outputs of a finished run.
   metrics = json.loads((straight / "metrics.json").read_text())
