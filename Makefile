@@ -18,8 +18,12 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) -m tea_jax.demo --workdir runs/demo
 
+# Two pytest workers (pytest-xdist), each taking whole test files: the suite's trainings and
+# subprocesses overlap instead of queueing; TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) tests
 
 bench: $(STAMP)
 	PY=$(PY) bash bench/run_all.sh
