@@ -69,12 +69,47 @@ def check_layout(workdir: str) -> None:
                      f"{CHECKPOINT_DIR}/ with --step N")
 
 
+# Small JSON files Orbax reads from every checkpoint when a manager opens the folder.
+_CHECKPOINT_JSON = ("_CHECKPOINT_METADATA", os.path.join("metrics", "metrics"))
+
+
+def _damaged_json(step_dir: str) -> str | None:
+  """Why one of the checkpoint's JSON files cannot be read, or None."""
+  for name in _CHECKPOINT_JSON:
+    path = os.path.join(step_dir, name)
+    if os.path.exists(path):
+      try:
+        with open(path, encoding="utf-8") as f:
+          json.load(f)
+      except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return f"{name}: {type(e).__name__}: {_first_line(e)}"
+  return None
+
+
+def _screen(directory: str, read_only: bool) -> None:
+  """Checks the files Orbax reads on opening a checkpoint folder: a checkpoint whose metadata or
+  metrics file is damaged is moved to damaged_checkpoints/ with a warning (training), or named in
+  one line (evaluation), instead of failing inside Orbax with a traceback."""
+  if not os.path.isdir(directory):
+    return
+  for name in sorted(os.listdir(directory)):
+    step_dir = os.path.join(directory, name)
+    why = _damaged_json(step_dir) if name.isdigit() and os.path.isdir(step_dir) else None
+    if why is None:
+      continue
+    if read_only:
+      raise CheckpointError(f"checkpoint {step_dir} is damaged ({why}); resuming the training "
+                            f"sets it aside, or move it out of {directory}")
+    _move_aside(directory, int(name), why)
+
+
 def manager(workdir: str, *, keep_latest: int = 2, read_only: bool = False
             ) -> ocp.CheckpointManager:
   """The run's CheckpointManager over `workdir/checkpoints`: keeps the latest `keep_latest`
   checkpoints and the best evaluated one."""
   check_layout(workdir)
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  _screen(directory, read_only)
   policy = checkpoint_managers.AnyPreservationPolicy([
       checkpoint_managers.LatestN(n=keep_latest),
       checkpoint_managers.BestN(get_metric_fn=_ranking, n=1,
@@ -194,13 +229,22 @@ def restore_latest_intact(mngr, variables_like, train_state_like,
   return None
 
 
+def _move_aside(directory, step: int, why: str) -> None:
+  """Moves checkpoint `step` of `directory` to <workdir>/damaged_checkpoints/, with a warning."""
+  source = os.path.join(directory, str(step))
+  target = os.path.join(os.path.dirname(directory), DAMAGED_DIR,
+                        f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+  log.warning("checkpoint %s cannot be read (%s); moved it to %s and falling back to the "
+              "previous one", source, why, target)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  try:
+    shutil.move(source, target)
+  except FileNotFoundError:
+    pass  # another process of a multi-host run moved it first
+
+
 def _set_aside(mngr, step: int, error: Exception) -> None:
-  source = mngr.directory / str(step)
-  target = mngr.directory.parent / DAMAGED_DIR / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-  log.warning("checkpoint %s cannot be read (%s: %s); moved it to %s and falling back to the "
-              "previous one", source, type(error).__name__, _first_line(error), target)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  shutil.move(str(source), str(target))
+  _move_aside(str(mngr.directory), step, f"{type(error).__name__}: {_first_line(error)}")
   mngr.reload()
 
 

@@ -43,6 +43,18 @@ def pytest_terminal_summary(terminalreporter):
                                yellow=True, bold=True)
 
 
+@pytest.fixture(scope="module")
+def train_data_root(tmp_path_factory):
+  """A small synthetic benchmark (24 videos, 256-d features) with its records, for the training
+  tests (one per test module)."""
+  from data_prep import synthetic
+  from data_prep.build_records import build_records
+  root = tmp_path_factory.mktemp("train_data")
+  synthetic.generate(str(root), videos=24, seed=1, video_dim=256, word_dim=50)
+  build_records(tiny_train_config(root), progress=False)
+  return root
+
+
 def tiny_model_config(**overrides):
   """A small model config so that tests compile and run in seconds."""
   from tea_jax.model.config import model_config

@@ -147,6 +147,24 @@ def test_evaluating_a_damaged_checkpoint_is_one_line(data_root, tmp_path):
     evaluate.evaluate_checkpoint(tiny_config(data_root), str(workdir), progress=False)
 
 
+def test_a_damaged_checkpoint_metadata_file_is_one_line_and_set_aside_on_resume(data_root,
+                                                                               tmp_path):
+  # Orbax reads every checkpoint's small JSON files when it opens the folder: a cut one must not
+  # end in its traceback.
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(tiny_config(data_root), str(workdir), progress=False)
+  latest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  metadata = workdir / "checkpoints" / str(latest) / "_CHECKPOINT_METADATA"
+  metadata.write_text(metadata.read_text()[:20])
+  with pytest.raises(CheckpointError, match=f"checkpoints/{latest} is damaged "
+                                            r"\(_CHECKPOINT_METADATA: JSONDecodeError"):
+    evaluate.evaluate_checkpoint(tiny_config(data_root), str(workdir), progress=False)
+  result = train.train_and_evaluate(tiny_config(data_root), str(workdir), progress=False)
+  assert result["step"] == latest
+  damaged = [p.name.split("-")[0] for p in (workdir / checkpointing.DAMAGED_DIR).iterdir()]
+  assert damaged == [str(latest)]
+
+
 def test_a_truncated_record_file_names_the_file(data_root, tmp_path):
   records = Records(data_path(tiny_config(data_root).data, "records_dir"),
                     tiny_config(data_root).data)
