@@ -170,11 +170,19 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, variables_like=None,
   return dict(mngr.restore(step, args=ocp.args.Composite(**items)).items())
 
 
+def _key_name(key) -> str:
+  """A path entry as Orbax stores it: a dict key, a named tuple's field name (Orbax saves named
+  tuples as dicts), or a sequence index."""
+  for attribute in ("key", "name", "idx"):
+    if hasattr(key, attribute):
+      return str(getattr(key, attribute))
+  return str(key)
+
+
 def _leaf_shapes(tree) -> dict[str, tuple]:
   leaves = jax.tree_util.tree_flatten_with_path(
       tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
-  return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-          for path, leaf in leaves}
+  return {"/".join(_key_name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
 
 
 def _check_architecture(mngr, step: int, variables_like) -> None:

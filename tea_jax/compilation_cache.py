@@ -42,22 +42,24 @@ def resolve_directory(directory: str | None = None, workdir: str | None = None) 
   choice = directory if directory else os.environ.get(ENV_VAR, "")
   if choice.strip().lower() in DISABLED:
     return None
-  return os.path.abspath(os.path.expanduser(choice)) if choice else default_directory(workdir)
+  if choice:
+    return os.path.abspath(os.path.expanduser(choice))
+  return jax.config.jax_compilation_cache_dir or default_directory(workdir)
 
 
 def enable(directory: str | None = None, workdir: str | None = None) -> str | None:
   """Turns on the persistent compilation cache (before the first compilation of the process, or
   it re-points JAX's cache). Returns the folder, or None when switched off."""
-  configured = jax.config.jax_compilation_cache_dir
-  if not directory and not os.environ.get(ENV_VAR) and configured:
-    log.info("persistent compilation cache (JAX's setting): %s", configured)
-    return configured
   path = resolve_directory(directory, workdir)
   if path is None:
     log.info("persistent compilation cache off")
     return None
+  configured = jax.config.jax_compilation_cache_dir
+  if path == configured:  # already JAX's cache: its settings stay as they are
+    log.info("persistent compilation cache: %s", path)
+    return path
   os.makedirs(path, exist_ok=True)
-  if jax.config.jax_compilation_cache_dir not in (None, path):
+  if configured is not None:
     jax_cache.reset_cache()  # JAX opens its cache once per process: make it read the new folder
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

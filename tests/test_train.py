@@ -53,7 +53,7 @@ def write_older_optimizer_layout(workdir, step):
     checkpointing.save(mngr, step, items["variables"], older)
 
 
-def test_resume_after_interruption_is_bit_identical(train_data_root, tmp_path):
+def test_resume_after_interruption_is_bit_identical(train_data_root, tmp_path, caplog):
   root = train_data_root
   straight = tmp_path / "straight"
   result = train.train_and_evaluate(tiny_train_config(root), str(straight), progress=False)
@@ -65,14 +65,18 @@ def test_resume_after_interruption_is_bit_identical(train_data_root, tmp_path):
   older = tmp_path / "older"
   shutil.copytree(interrupted, older)
   write_older_optimizer_layout(older, 3)
-  resumed = train.train_and_evaluate(tiny_train_config(root), str(interrupted), progress=False)
+  with caplog.at_level("WARNING", logger="tea_jax"):
+    resumed = train.train_and_evaluate(tiny_train_config(root), str(interrupted), progress=False)
+  assert "older layout" not in caplog.text  # a checkpoint of the current layout is not converted
   assert resumed["step"] == total
   for a, b in zip(final_params(str(straight)), final_params(str(interrupted)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # A checkpoint whose optimizer state has the per-parameter layout of older tea_jax versions is
   # converted, not set aside as damaged, and training goes on exactly as from the flat one.
-  assert train.train_and_evaluate(tiny_train_config(root), str(older),
-                                  progress=False)["step"] == total
+  with caplog.at_level("WARNING", logger="tea_jax"):
+    assert train.train_and_evaluate(tiny_train_config(root), str(older),
+                                    progress=False)["step"] == total
+  assert "training state of an older layout, converted" in caplog.text
   assert not (older / checkpointing.DAMAGED_DIR).exists()
   for a, b in zip(final_params(str(straight)), final_params(str(older)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
