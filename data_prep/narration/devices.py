@@ -16,9 +16,9 @@ import traceback
 
 from tqdm import tqdm
 
-from data_prep.narration.errors import BadInput
 from data_prep.narration.outputs import failures_path, finished_videos, merge
 from data_prep.narration.pipeline import expected_frames, narrate
+from tea_jax.errors import InputError
 
 
 def parse_devices(spec: str) -> list[str]:
@@ -27,12 +27,12 @@ def parse_devices(spec: str) -> list[str]:
   if spec == "all":
     count = torch.cuda.device_count()
     if count == 0:
-      raise BadInput("--devices all was asked for but no CUDA device is visible")
+      raise InputError("--devices all was asked for but no CUDA device is visible")
     return [f"cuda:{k}" for k in range(count)]
   devices = [d.strip() for d in spec.split(",") if d.strip()]
   devices = [f"cuda:{d}" if d.isdigit() else d for d in devices]
   if not devices:
-    raise BadInput(f"--devices {spec!r} names no device")
+    raise InputError(f"--devices {spec!r} names no device")
   return devices
 
 
@@ -75,7 +75,7 @@ def _worker(index: int, device: str, narrator_kwargs: dict, videos, part: str, s
                       on_progress=lambda n, w, f: messages.put(("progress", index, n, w, f)),
                       **settings)
     messages.put(("done", index, summary))
-  except BadInput as e:
+  except InputError as e:
     messages.put(("bad input", index, f"{device}: {e}"))
   except BaseException:  # pylint: disable=broad-except
     messages.put(("error", index, f"{device}: {traceback.format_exc()}"))
@@ -152,7 +152,7 @@ def _run_workers(narrator_kwargs, devices, shares, parts, settings, total, progr
   if errors:
     text = "\n".join(errors[k][1] for k in sorted(errors))
     if all(kind == "bad input" for kind, _ in errors.values()):
-      raise BadInput(text)
+      raise InputError(text)
     raise RuntimeError("narration workers failed (their part files are kept; run the command "
                        "again to resume):\n" + text)
   return [summaries[k] for k in sorted(summaries)]

@@ -17,7 +17,7 @@ from transformers import (AutoProcessor, BatchFeature, Blip2ForConditionalGenera
                           LlavaForConditionalGeneration)
 
 from data_prep.narration import generation
-from data_prep.narration.errors import BadInput
+from tea_jax.errors import InputError
 
 # The TEA paper's prompt, verbatim (section 3.2).
 PAPER_PROMPT = ("This is one image frame sampled from a video. Please caption this frame in two or "
@@ -25,7 +25,7 @@ PAPER_PROMPT = ("This is one image frame sampled from a video. Please caption th
                 "analysis.")
 
 
-log = logging.getLogger("narrate")
+log = logging.getLogger(__name__)
 
 
 def normalise_whitespace(text: str) -> str:
@@ -38,12 +38,12 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
   if device.startswith("cuda") and not torch.cuda.is_available():
-    raise BadInput(f"--device {device} was asked for but no CUDA device is available")
+    raise InputError(f"--device {device} was asked for but no CUDA device is available")
   if dtype == "auto":
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
   dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
   if dtype not in dtypes:
-    raise BadInput(f"unknown dtype {dtype!r}: expected one of {sorted(dtypes)} or auto")
+    raise InputError(f"unknown dtype {dtype!r}: expected one of {sorted(dtypes)} or auto")
   return torch.device(device), dtypes[dtype]
 
 
@@ -72,7 +72,7 @@ class Narrator:
         self.model = self.model_class.from_pretrained(model_dir, dtype=self.dtype,
                                                       local_files_only=True)
       except (OSError, ValueError) as e:
-        raise BadInput(f"cannot load a {self.name} model from {model_dir!r} (a local Hugging "
+        raise InputError(f"cannot load a {self.name} model from {model_dir!r} (a local Hugging "
                        f"Face model directory is required; nothing is downloaded): {e}") from e
     self.model.to(self.device).eval()
     tokenizer = getattr(self.processor, "tokenizer", None)
