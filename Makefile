@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup test demo bench
+.PHONY: setup test demo smoke bench
 
 setup: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): requirements.txt
 
 demo: $(STAMP)
 	$(PY) -m tea_apps.demo --workdir runs/demo
+
+# The same path on a smaller synthetic set, 2 epochs per model: a check that everything runs.
+smoke: $(STAMP)
+	$(PY) -m tea_apps.demo --workdir runs/smoke --config.data.root=smoke_data \
+	    --config.synthetic_videos=60 --config.num_epochs=2
 
 # Two pytest workers (pytest-xdist), each taking whole test files: the suite's trainings and
 # subprocesses overlap instead of queueing; TEST_WORKERS=0 runs it in one process.

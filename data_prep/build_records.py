@@ -25,7 +25,7 @@ import time
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -36,7 +36,7 @@ from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
 from data_prep.text import build_vocabulary, tokenize, word_ids
 from tea_jax import cli, files
-from tea_jax.config_checks import check_data
+from tea_jax.config_checks import check_data, uses_narrative
 from tea_jax.data.schema import RECORD_FORMAT, data_path, record_features, records_dir
 from tea_jax.errors import InputError
 
@@ -62,6 +62,7 @@ class Build:
   config: ml_collections.ConfigDict
   features: FeatureSource
   narratives: dict
+  narratives_file: str  # "" when the model reads no narratives (zero rows)
   vocab: Vocabulary
   schema: object
   tmp_dir: str
@@ -99,11 +100,19 @@ def read_splits(data, order: list[str]) -> tuple[dict[str, Annotations], dict[st
   return annotations, tokens
 
 
-def read_narrative_file(data) -> tuple[dict, list[str]]:
-  """{video_id: [(t, text), ...]} of data.narratives (empty when unset) and its problems."""
-  if not data.narratives:
+def narratives_file(config) -> str:
+  """The narratives file the records need: data.narratives when the model reads narratives, else
+  "" (EMB's records need no narration: their narrative rows are zeros)."""
+  if not config.data.narratives or not uses_narrative(config.model):
+    return ""
+  return data_path(config.data, "narratives")
+
+
+def read_narrative_file(path: str) -> tuple[dict, list[str]]:
+  """{video_id: [(t, text), ...]} of a narratives file (empty for "") and its problems."""
+  if not path:
     return {}, []
-  narratives, problems = read_narratives(data_path(data, "narratives"))
+  narratives, problems = read_narratives(path)
   for problem in problems:
     log.warning("narratives: %s", problem)
   return narratives, problems
@@ -163,10 +172,10 @@ def video_narrative_rows(build: Build, split: str, vid: str, duration: float,
   """(v_len, narrative_dim) aligned narratives, zeros without a narratives file, or None when the
   video has none (recorded as missing)."""
   data = build.config.data
-  if not data.narratives:
+  if not build.narratives_file:
     return np.zeros((v_len, build.config.model.narrative_dim), np.float32)
   if vid not in build.narratives:
-    build.missing.setdefault(vid, f"no narratives for video {vid!r} in {data.narratives}")
+    build.missing.setdefault(vid, f"no narratives for video {vid!r} in {build.narratives_file}")
     if data.strict:
       raise InputError(f"{split}: no narratives for video {vid!r}")
     return None
@@ -256,10 +265,12 @@ def record_meta(build: Build, splits: dict, order: list[str], narrative_problems
                       "kept": sum(m["kept_bad_records"] for m in splits.values()),
                       "skipped": sum(m["skipped_records"] for m in splits.values())},
       "missing_videos": dict(build.missing), "narrative_problems": narrative_problems,
+      # Whether the narrative rows hold narratives (a model that reads them refuses zero rows).
+      "narratives": {"read": bool(build.narratives_file), "file": build.narratives_file or None},
       "word_vectors": build.vocab.stats,
       "sources": {"root": os.path.abspath(data.root), "features": data_path(data, "features"),
                   "word_vectors": data_path(data, "word_vectors"),
-                  "narratives": data_path(data, "narratives"),
+                  "narratives": build.narratives_file or None,
                   "durations": data_path(data, "durations")},
       "config": config.to_dict(), "build_seconds": round(time.time() - started, 2),
   }
@@ -300,7 +311,8 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
   started = time.time()
   order = split_order(data)
   annotations, tokens = read_splits(data, order)
-  narratives, narrative_problems = read_narrative_file(data)
+  narratives_path = narratives_file(config)
+  narratives, narrative_problems = read_narrative_file(narratives_path)
   vocab = make_vocabulary(config, tokens, order, narratives, progress,
                           cache_dir=os.path.join(data.root, "cache"))
   out_dir = records_dir(data)
@@ -308,7 +320,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
   os.makedirs(parent, exist_ok=True)
   features = FeatureSource(data_path(data, "features"))
   tmp_dir = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(out_dir)}-")
-  build = Build(config, features, narratives, vocab,
+  build = Build(config, features, narratives, narratives_path, vocab,
                 record_features(config.model.video_dim, config.model.narrative_dim), tmp_dir)
   try:
     meta = write_records(build, annotations, tokens, order, narrative_problems, started, progress)
@@ -337,4 +349,4 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                   lock_config=True)
   flags.mark_flag_as_required("config")
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, __doc__, __file__)

@@ -9,10 +9,9 @@ then prints R1@0.5, R1@0.7 and mIoU per split for both and writes them to <workd
 
 import logging
 import os
-import sys
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from data_prep import build_records, synthetic
@@ -101,12 +100,11 @@ def main(argv):
 def run_cli():
   """`python -m tea_apps.demo`: flags are defined here, not at import, so that importing this module
   never clashes with tea_jax.main's flags."""
-  sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
   config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config.", lock_config=True)
   flags.DEFINE_string("workdir", "runs/demo", "Where both runs are written.")
   flags.DEFINE_bool("prepare_only", False, "Only write the synthetic data and its records (then "
                     "`python -m tea_jax.main --config configs/demo.py` trains one model on them).")
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, __doc__, __file__)
 
 
 if __name__ == "__main__":

@@ -92,11 +92,12 @@ def data_settings(config) -> dict:
           "max_words": data.get("max_words", limit), "pooling": data.get("pooling", "mean")}
 
 
-def score_queries(config, variables, vocabulary: dict[str, int], video: np.ndarray,
-                  queries: list[str], narrative: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """start_prob, end_prob and highlight, each (n_queries, v_len), of each query in a video given
-  its reduced snippet features `video` (v_len, video_dim) and, for TEA models, its aligned
-  `narrative` (v_len, narrative_dim)."""
+def make_batch(config, vocabulary: dict[str, int], video: np.ndarray, queries: list[str],
+               narrative: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """The batch `tea_jax.inference.forward` takes for each query in one video: `video` (v_len,
+  video_dim) its snippet features reduced as the records are, `narrative` (v_len, narrative_dim)
+  its aligned narrative rows (TEA models), the queries tokenised as the records were and mapped
+  through `vocabulary` (tea_jax.workdir.read_vocabulary: unknown words are UNK)."""
   if not queries:
     raise InputError("no query given")
   if video.shape[1] != config.model.video_dim:
@@ -116,14 +117,21 @@ def score_queries(config, variables, vocabulary: dict[str, int], video: np.ndarr
     ids.append(tokens)
   words = max(len(t) for t in ids)
   n = len(queries)
-  batch = {
+  return {
       "video": np.repeat(video[None], n, axis=0),
       "narrative": np.repeat(narrative[None].astype(np.float32), n, axis=0),
       "video_mask": np.ones((n, v_len), np.float32),
       "word_ids": np.array([t + [0] * (words - len(t)) for t in ids], np.int32),
       "query_mask": np.array([[1.0] * len(t) + [0.0] * (words - len(t)) for t in ids], np.float32),
   }
-  out = inference.forward(config, variables, batch)
+
+
+def score_queries(config, variables, vocabulary: dict[str, int], video: np.ndarray,
+                  queries: list[str], narrative: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """start_prob, end_prob and highlight, each (n_queries, v_len), of each query in a video
+  (make_batch's inputs)."""
+  out = inference.forward(config, variables,
+                          make_batch(config, vocabulary, video, queries, narrative))
   return {k: np.asarray(out[k]) for k in ("start_prob", "end_prob", "highlight")}
 
 
@@ -327,8 +335,8 @@ def video_source(args, models: list[Model]) -> Source:
   elif args.narrator_model and (any(m.uses_narrative for m in models)
                                 or args.plot is not None):
     narratives = video_inputs.narration(args.video, narrator_settings(args), cache)
-  return Source({"video": args.video, "duration": round(duration, 3)}, duration, args.query,
-                features=features, narratives=narratives, video_path=args.video,
+  video_id = args.video_id or _stem(args.video)
+  return Source(row_ids(video_id, args.video, duration), duration, args.query, features=features, narratives=narratives, video_path=args.video,
                 truths=args.truth, cache_dir=os.path.join(cache.folder, "glove"))
 
 
@@ -338,10 +346,10 @@ def features_source(args) -> Source:
   if args.duration <= 0:
     raise InputError(f"--duration must be positive, got {args.duration}")
   narratives = video_narratives(args.narratives, video_id) if args.narratives else None
-  return Source({"video_id": video_id, "duration": args.duration}, args.duration, args.query,
+  video_path = _video_file(args.videos, video_id)
+  return Source(row_ids(video_id, video_path, args.duration), args.duration, args.query,
                 features=load_features(args.features, video_id), narratives=narratives,
-                video_path=_video_file(args.videos, video_id), truths=args.truth,
-                cache_dir=args.cache)
+                video_path=video_path, truths=args.truth, cache_dir=args.cache)
 
 
 def pair_source(args, model: Model) -> Source:
@@ -352,10 +360,18 @@ def pair_source(args, model: Model) -> Source:
   path = data_path(model.config.data, "narratives") if model.config.data.get("narratives") else None
   if path and os.path.isfile(path):
     narratives = read_narratives(path)[0].get(pair.video_id)
-  return Source({"split": pair.split, "pair_index": pair.pair_index, "video_id": pair.video_id,
-                 "duration": round(pair.duration, 3)}, pair.duration, [pair.query], pair=pair,
-                narratives=narratives, video_path=_video_file(args.videos, pair.video_id),
+  video_path = _video_file(args.videos, pair.video_id)
+  return Source(row_ids(pair.video_id, video_path, pair.duration, split=pair.split,
+                        pair_index=pair.pair_index), pair.duration, [pair.query], pair=pair,
+                narratives=narratives, video_path=video_path,
                 truths=[(pair.start_time, pair.end_time)])
+
+
+def row_ids(video_id: str | None, video_path: str | None, duration: float, **pair) -> dict:
+  """What every output line starts with, whatever the input: the video's id, its file (None when
+  not known), its duration, and for a records pair its split and index."""
+  return {"video_id": video_id, "video": video_path, "duration": round(float(duration), 3),
+          **pair}
 
 
 def _stem(path: str) -> str:
@@ -444,7 +460,7 @@ def plot_answers(path: str, source: Source, answers: list[list[dict]],
   frames = []
   if source.video_path:
     frames = video_inputs.frame_strip(source.video_path, source.duration)
-  name = os.path.basename(source.ids.get("video") or "") or source.ids.get("video_id")
+  name = source.ids["video_id"]
   where = f"{source.ids['split']} pair {source.ids['pair_index']}: " if source.pair else ""
   compared = f" vs {models[1].label} (step {models[1].step})" if len(models) > 1 else ""
   title = (f"{where}{name} ({source.duration:.1f} s) - {models[0].label} (step "
@@ -458,7 +474,7 @@ def default_plot_path(args, source: Source) -> str:
     return args.plot
   if args.split:
     return f"timeline_{args.split}_{args.pair_index}.png"
-  return f"timeline_{_stem(source.ids.get('video') or source.ids.get('video_id') or 'video')}.png"
+  return f"timeline_{source.ids['video_id'] or 'video'}.png"
 
 
 def run(args) -> tuple[list[dict], str | None]:

@@ -110,6 +110,12 @@ def _get(config, path: str):
   return node
 
 
+def uses_narrative(model) -> bool:
+  """Whether a model (its config section, or a ModelConfig as a dict) reads narrative features:
+  the VN merge or the PQ branch is on."""
+  return model["merge"] != "none" or bool(model["paragraph_branch"])
+
+
 def check_fields(config, rules: dict[str, Rule], prefix: str = "config") -> None:
   """Raises ConfigError for the first field whose value its rule does not allow."""
   for path, rule in rules.items():

@@ -103,6 +103,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
   with workdir_files.locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
     records = Records(records_dir(config.data), config.data)
+    records.check_fits(config.model)
     if config.model.vocab_size != records.meta["vocab_size"]:
       raise InputError(f"the checkpoint in {workdir} has a vocabulary of "
                        f"{config.model.vocab_size} ids but the records in {records.records_dir} "

@@ -17,7 +17,7 @@ from typing import Callable
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from tea_jax import checkpointing, cli, inference
 from tea_jax import workdir as workdir_files
@@ -258,6 +258,8 @@ def write_workdir(checkpoint: str, workdir: str, words_file: str | None = None,
 def main(argv):
   del argv
   f = flags.FLAGS
+  if not f.verbose:
+    cli.setup_logging()  # libraries (Orbax) from WARNING up
   if not f.checkpoint or not f.workdir:
     sys.exit("usage: python -m tea_jax.import_emb --checkpoint FILE --workdir DIR [--words FILE]")
   path = cli.run_reporting(lambda: write_workdir(f.checkpoint, f.workdir, f.words, f.num_heads))
@@ -267,13 +269,13 @@ def main(argv):
 def run_cli():
   """`python -m tea_jax.import_emb`: flags are defined here, not at import, so that importing this
   module never clashes with tea_jax.main's flags."""
-  sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
   flags.DEFINE_string("checkpoint", None, "EMB model_best.pth.tar to import.")
   flags.DEFINE_string("workdir", None,
                       "Output directory (Orbax checkpoint, config.json, vocab.json).")
   flags.DEFINE_string("words", None, "Optional file: the vocabulary words of ids 2.., one a line.")
   flags.DEFINE_integer("num_heads", 8, "Attention heads of the checkpoint's model (not in shapes).")
-  app.run(main)
+  flags.DEFINE_bool("verbose", False, "Also show the libraries' INFO logs (Orbax's saving steps).")
+  cli.run_app(main, __doc__, __file__)
 
 
 if __name__ == "__main__":

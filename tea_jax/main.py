@@ -1,8 +1,8 @@
 """Command line: train and evaluate, or evaluate a checkpoint.
 
-    python -m tea_jax.main --config configs/charades.py --workdir runs/charades \
+    python -m tea_jax.main --config configs/charades.py --workdir runs/charades \\
         [--config.batch_size=32]
-    python -m tea_jax.main --config configs/charades.py --workdir runs/charades --mode eval \
+    python -m tea_jax.main --config configs/charades.py --workdir runs/charades --mode eval \\
         [--step N]
 
 Training resumes automatically from the latest checkpoint in --workdir. `--mode eval` restores the
@@ -15,7 +15,7 @@ synthetic data and its records).
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from tea_jax import cli
@@ -45,7 +45,7 @@ def main(argv):
 
 def run():
   """Console entry point (`tea-jax`), the same as `python -m tea_jax.main`."""
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run_app(main, __doc__, __file__)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,14 @@ of the loop (logging, progress, evaluation and checkpointing at epoch ends) are 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import os
+import time
 from typing import TYPE_CHECKING
 
 import jax
@@ -74,13 +76,9 @@ class Schedule:
 def with_data_sizes(config: ml_collections.ConfigDict, records: Records
                     ) -> ml_collections.ConfigDict:
   """The config with the sizes the records imply (vocabulary, feature widths)."""
+  records.check_fits(config.model)
   config = ml_collections.ConfigDict(config.to_dict())
-  meta = records.meta
-  config.model.vocab_size = meta["vocab_size"]
-  for key in ("video_dim", "word_dim", "narrative_dim"):
-    if config.model[key] != meta[key]:
-      raise InputError(f"config.model.{key}={config.model[key]} but the records in "
-                       f"{records.records_dir} have {meta[key]}")
+  config.model.vocab_size = records.meta["vocab_size"]
   return config
 
 
@@ -156,6 +154,22 @@ def _restore_or_init(mngr, config, records: Records, tx, mesh):
   return jax.device_put((variables, train_state), NamedSharding(mesh, P()))
 
 
+class _Phases:
+  """Times the loop's phases (input, eval, checkpoint): clu's report shows their shares in the
+  log; the seconds spent in each so far go to TensorBoard as time/<phase>_s at each epoch end."""
+
+  def __init__(self, report):
+    self.report = report
+    self.seconds = collections.defaultdict(float)
+
+  @contextlib.contextmanager
+  def timed(self, name: str):
+    start = time.monotonic()
+    with self.report.timed(name, wait_jax_async_dispatch=False):
+      yield
+    self.seconds[name] += time.monotonic() - start
+
+
 class _TrainLog:
   """Averages the step statistics between log points; stops the run on a non-finite loss."""
 
@@ -182,7 +196,7 @@ class _TrainLog:
 
 
 def _end_of_epoch(*, step, t, variables, train_state, config, schedule, mngr, records, eval_step,
-                  mesh, writer, report):
+                  mesh, writer, phases):
   """At an epoch end: evaluates the selection split when due, then saves the checkpoint with its
   metrics (the manager keeps the latest ones and the best)."""
   del t
@@ -191,7 +205,7 @@ def _end_of_epoch(*, step, t, variables, train_state, config, schedule, mngr, re
   if step % schedule.steps_per_epoch == 0 or step == schedule.total_steps:
     if epoch_done % config.eval_every_epochs == 0 or step == schedule.total_steps:
       split = config.data.selection_split
-      with report.timed("eval", wait_jax_async_dispatch=False):
+      with phases.timed("eval"):
         summary, _ = evaluate.evaluate_split(eval_step, variables, records, split,
                                              config.eval_batch_size, mesh, progress=False)
       writer.write_scalars(step, {f"{split}/{k}": v for k, v in summary.items() if k != "count"})
@@ -199,8 +213,9 @@ def _end_of_epoch(*, step, t, variables, train_state, config, schedule, mngr, re
                config.selection_metric, summary[config.selection_metric])
   metrics = None if summary is None else {
       **summary, checkpointing.SELECTION: summary[config.selection_metric]}
-  with report.timed("checkpoint", wait_jax_async_dispatch=False):
+  with phases.timed("checkpoint"):
     checkpointing.save(mngr, step, variables, train_state, metrics)
+  writer.write_scalars(step, {f"time/{k}_s": v for k, v in phases.seconds.items()})
 
 
 def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer, progress):
@@ -214,22 +229,23 @@ def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer,
   bar = tqdm(total=schedule.stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
              disable=not progress)
   learning_rate = optim.learning_rate_schedule(config, schedule.total_steps)
-  train_log = _TrainLog(writer, schedule, learning_rate, thresholds, bar, mngr)
   ends = set(schedule.epoch_ends()) | {schedule.stop_at}
   report = periodic_actions.ReportProgress(num_train_steps=schedule.stop_at, writer=writer,
                                            every_steps=config.log_every_steps, every_secs=None)
+  phases = _Phases(report)
+  train_log = _TrainLog(writer, schedule, learning_rate, thresholds, bar, mngr)
   logging_action = periodic_actions.PeriodicCallback(
       every_steps=config.log_every_steps, on_steps=ends, callback_fn=train_log)
   epoch_action = periodic_actions.PeriodicCallback(on_steps=ends, callback_fn=functools.partial(
       _end_of_epoch, config=config, schedule=schedule, mngr=mngr, records=records,
-      eval_step=eval_step, mesh=mesh, writer=writer, report=report))
+      eval_step=eval_step, mesh=mesh, writer=writer, phases=phases))
   batches = prefetch_to_device(
       records.train_batches(config.data.train_split, config.batch_size, config.seed,
                             start_step=step, process_index=jax.process_index(),
                             process_count=jax.process_count()), mesh)
   try:
     while step < schedule.stop_at:
-      with report.timed("input", wait_jax_async_dispatch=False):
+      with phases.timed("input"):
         batch = next(batches)
       variables, train_state, stats = train_step(
           variables, train_state, batch, np.float32(thresholds[schedule.epoch(step)]))
@@ -240,7 +256,7 @@ def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer,
       logging_action(step)
       epoch_action(step, variables=variables, train_state=train_state)
   finally:
-    batches.close()  # stops the prefetching thread, also on an error
+    batches.close()  # stops reading, also on an error
     bar.close()
   return step, eval_step
 

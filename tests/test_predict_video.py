@@ -175,6 +175,10 @@ def test_video_answers_equal_the_features_path(world, first_run, tmp_path, capsy
   assert predict.main(argv) == 0
   out = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
   for row, video_row in zip(out, first_run["rows"]):
+    # One schema whatever the input (the README's): the id, the file when known, the duration.
+    assert set(row) == set(video_row) == {"video_id", "video", "duration", "query", "moments"}
+    assert (video_row["video_id"], video_row["video"]) == ("kitchen", str(world["video"]))
+    assert row["video"] is None and row["duration"] == pytest.approx(video_row["duration"])
     assert row["video_id"] == "kitchen" and row["query"] == video_row["query"]
     for m, n in zip(row["moments"], video_row["moments"]):
       assert (m["start_index"], m["end_index"]) == (n["start_index"], n["end_index"])
@@ -236,6 +240,9 @@ def test_pair_mode_gives_what_evaluation_gave(world, tmp_path, capsys):
   assert predict.main(["--workdir", str(world["workdir"]), "--split", "test", "--pair-index",
                        str(row["pair_index"]), "--plot", str(plot)]) == 0
   out = json.loads(capsys.readouterr().out)
+  assert set(out) == {"video_id", "video", "duration", "split", "pair_index", "query", "moments",
+                      "truth", "iou"}
+  assert (out["split"], out["pair_index"], out["video"]) == ("test", row["pair_index"], None)
   assert (out["video_id"], out["query"]) == (row["video_id"], row["query"])
   best = out["moments"][0]
   assert best["start"] == pytest.approx(row["pred_start"], abs=1e-3)

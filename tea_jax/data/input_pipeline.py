@@ -20,6 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tea_jax.config_checks import uses_narrative
 from tea_jax.data.schema import RECORD_FORMAT, record_features
 from tea_jax.errors import ConfigError, InputError
 
@@ -170,6 +171,20 @@ class Records:
     check_built_with(records_dir, self.meta, data_config)
     self.length, self.words = padded_lengths(data_config, self.meta)
     self.shuffle_buffer = data_config.get("shuffle_buffer", 4096)
+
+  def check_fits(self, model) -> None:
+    """Refuses a model (its config section) whose feature widths differ from the records', or
+    that reads narratives from records whose narrative rows hold none."""
+    for key in ("video_dim", "word_dim", "narrative_dim"):
+      if model[key] != self.meta[key]:
+        raise InputError(f"config.model.{key}={model[key]} but the records in "
+                         f"{self.records_dir} have {self.meta[key]}")
+    narratives = self.meta.get("narratives")
+    if narratives is not None and not narratives["read"] and uses_narrative(model):
+      raise InputError(f"the records in {self.records_dir} hold no narratives (built for a model "
+                       f"that reads none, or without data.narratives) but this model reads them "
+                       f"(merge={model['merge']!r}, paragraph_branch={model['paragraph_branch']}): "
+                       f"build its records with data.narratives set")
 
   def size(self, split: str) -> int:
     return self.meta["splits"][split]["pairs"]

@@ -57,7 +57,7 @@ class ModelConfig:
   @property
   def uses_narrative(self) -> bool:
     """Whether the model reads narrative features (the VN merge or the PQ branch is on)."""
-    return self.merge != "none" or self.paragraph_branch
+    return config_checks.uses_narrative(dataclasses.asdict(self))
 
   @classmethod
   def from_config(cls, config: Any) -> "ModelConfig":
