@@ -18,6 +18,10 @@ from data_prep.testing import random_mllm
 
 MAX_NEW = 14
 TEXTS = random_mllm.VARIED_PROMPTS
+# Idefics3/SmolVLM prompts of different lengths, in their chat format.
+IDEFICS_TEXTS = [f"User:<image>{question}<end_of_utterance>\nAssistant:"
+                 for question in ["this", "a person is standing in the kitchen . " * 3, "",
+                                  "room", "door opens", "man woman table"]]
 
 def images(count: int, seed: int = 0) -> list:
   rng = np.random.default_rng(seed)
@@ -32,13 +36,18 @@ def build(kind: str, seed: int = 1):
     inputs = processor(images=images(len(TEXTS), seed), text=TEXTS, padding=True,
                        return_tensors="pt")
     config, echoed = model.generation_config, inputs["input_ids"].shape[1]
-  else:
+  elif kind == "blip2":
     model, processor = random_mllm.build_blip2(seed=seed)
     inputs = processor(images=images(len(TEXTS), seed), return_tensors="pt")
     config = model.language_model.generation_config
     echoed = model.config.num_query_tokens + 1  # generate() returns its image tokens + BOS
+  else:  # idefics3, smolvlm: each frame split into tiles plus a global view
+    model, processor = random_mllm.build_idefics3(seed, family=kind)
+    inputs = processor(images=images(len(IDEFICS_TEXTS), seed), text=IDEFICS_TEXTS, padding=True,
+                       return_tensors="pt")
+    config, echoed = model.generation_config, inputs["input_ids"].shape[1]
   # Spread enough that each row's tokens depend on its image, prompt and positions.
-  random_mllm.spread_weights(model, 0.2 if kind == "llava" else 0.5, seed)
+  random_mllm.spread_weights(model, 0.5 if kind == "blip2" else 0.2, seed)
   return model, dict(inputs), config, echoed
 
 
@@ -65,7 +74,7 @@ def first_eos(tokens: torch.Tensor, eos: list[int]) -> list[int]:
   return [int(row.float().argmax()) if row.any() else tokens.shape[1] for row in ended]
 
 
-@pytest.mark.parametrize("kind", ["llava", "blip2"])
+@pytest.mark.parametrize("kind", ["llava", "blip2", "idefics3", "smolvlm"])
 @pytest.mark.parametrize("min_new,pad_batches,check_every", [(0, False, 1), (3, True, 3)])
 def test_tokens_equal_generate_with_padding_and_early_eos(kind, min_new, pad_batches,
                                                           check_every):
@@ -233,6 +242,13 @@ def test_auto_batch_size_reads_the_devices_free_memory(monkeypatch):
   monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 9 * per_frame)
   monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * per_frame)
   assert narrator.auto_batch_size() == 32
+
+
+def test_families_without_a_checked_adapter_are_left_to_generate(monkeypatch):
+  model, _, _, _ = build("idefics3")
+  monkeypatch.setattr(generation, "DEFAULT_ADAPTER_FAMILIES", ("llava",))
+  with pytest.raises(ValueError, match="no adapter checked on idefics3 models"):
+    GreedyDecoder(model, MAX_NEW)
 
 
 def test_encoder_decoder_language_models_are_left_to_generate():
