@@ -116,15 +116,10 @@ def test_batches_of_other_sizes_reuse_the_decoder(pad_batches):
   assert cached == ([6, 6, 6, 6] if pad_batches else [6, 3, 4, 6])
 
 
-def test_graph_capture_warm_up_is_undone(monkeypatch):
-  # CUDA graphs need a GPU; here the capture machinery is replaced by stand-ins that run the step
-  # eagerly, which checks what a CPU can: the warm-up steps before a capture (and the captured
-  # step itself, which a real capture records without running) leave no trace in the tokens.
-  model, inputs, config, echoed = build("llava", seed=8)
-  set_frequent_eos(model, inputs, config, echoed)
-  expected = reference(model, inputs, echoed)
-  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=True, check_every=4)  # as on CUDA
-  replays = []
+def stand_in_cuda_graphs(monkeypatch, decoder, replays: list) -> None:
+  """Replaces the CUDA graph machinery by stand-ins that run the decode step eagerly (a CPU
+  checks what it can: what the warm-up before a capture, and the captured step itself, which a
+  real capture records without running, leave behind); replays note the step they ran."""
 
   class StandInGraph:
     def replay(self):
@@ -141,12 +136,46 @@ def test_graph_capture_warm_up_is_undone(monkeypatch):
   monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: StandInStream())
   monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
   decoder.cuda_graphs = True
+
+
+def test_graph_capture_warm_up_is_undone(monkeypatch):
+  # The warm-up steps before a capture leave no trace in the tokens.
+  model, inputs, config, echoed = build("llava", seed=8)
+  set_frequent_eos(model, inputs, config, echoed)
+  expected = reference(model, inputs, echoed)
+  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=True, check_every=4)  # as on CUDA
+  replays = []
+  stand_in_cuda_graphs(monkeypatch, decoder, replays)
   assert torch.equal(decoder.generate(inputs), expected)
   assert replays[:3] == [1, 2, 3]  # the replays start at the first decode step, in order
   replays.clear()
   part = {k: v[:4] for k, v in inputs.items()}
   assert torch.equal(decoder.generate(part), reference(model, part, echoed))
   assert replays and decoder.state.batch == 6  # the graph's batch, padded
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_the_benchmarks_lengths_end_captions_where_drawn(monkeypatch, graphs):
+  # bench/narrate.py --lengths eos: the wrapped head ends row i after lengths[i] tokens, with
+  # model.generate and with the fast path (its counter restored after a graph's warm-up).
+  from bench.narrate import EndAtLengths  # pylint: disable=import-outside-toplevel
+  model, inputs, config, echoed = build("llava", seed=9)
+  eos = config.eos_token_id
+  head = EndAtLengths(model.lm_head, eos, 8, torch.device("cpu"))
+  model.lm_head = head
+  lengths = [3, 7, 1, 12, 5, 9]
+  head.start(lengths)
+  expected = reference(model, inputs, echoed)
+  assert first_eos(expected, [eos]) == lengths
+  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=graphs, check_every=4 if graphs else 1)
+  decoder.step_buffers = [head.calls]
+  if graphs:
+    stand_in_cuda_graphs(monkeypatch, decoder, [])
+  for rows in (slice(0, 6), slice(1, 5)):
+    head.start(lengths[rows])
+    got = decoder.generate({k: v[rows] for k, v in inputs.items()})
+    assert first_eos(got, [eos]) == lengths[rows]
+    assert torch.equal(got, expected[rows][:, :got.shape[1]])
 
 
 def test_pad_id_defaults_to_eos_and_eager_attention():

@@ -321,6 +321,9 @@ class GreedyDecoder:
       self.compiled = compile_regions(self.adapter.text_module, compile_backend)
     self.timings: dict[str, float] = {}
     self.measure = False  # synchronise around prefill and decode to time them (benchmarks)
+    # Buffers outside the decoder that a decode step advances (a benchmark's length forcing):
+    # restored after a graph capture's warm-up steps, as the decoder's own are.
+    self.step_buffers: list[torch.Tensor] = []
 
   def _read_config(self) -> None:
     """EOS, pad and min_new_tokens from the generation config that generate() would use."""
@@ -482,7 +485,8 @@ class GreedyDecoder:
     """Records one decode step in a CUDA graph. Warm-up steps (which also compile) run on a side
     stream first, as capture requires; the buffers they advance are restored afterwards, and the
     cache positions they wrote are rewritten by the real steps before anything reads them."""
-    saved = [t.clone() for t in state.small_buffers()]
+    buffers = state.small_buffers() + self.step_buffers
+    saved = [t.clone() for t in buffers]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -494,7 +498,7 @@ class GreedyDecoder:
     # host APIs meanwhile; only this thread's calls must be capturable.
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
       self._decode_step(state)
-    for buffer, value in zip(state.small_buffers(), saved):
+    for buffer, value in zip(buffers, saved):
       buffer.copy_(value)
     return graph
 
