@@ -47,9 +47,9 @@ def test_frames_every_second_with_true_timestamps(videos):
 
 # LLaVA-1.5's llava_v1 conversation, written out here from LLaVA's conversation.py (system sentence,
 # " ", "USER: " + "<image>\n" + question, " ", "ASSISTANT:").
-LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
-            "gives helpful, detailed, and polite answers to the human's questions. USER: <image>\n"
-            f"{PAPER_PROMPT} ASSISTANT:")
+LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. The "
+            "assistant gives helpful, detailed, and polite answers to the human's questions. USER: "
+            f"<image>\n{PAPER_PROMPT} ASSISTANT:")
 
 
 def test_llava_prompt_is_llava_1_5s_conversation(narrator, llava_dir):

@@ -19,9 +19,9 @@ from data_prep.testing import random_mllm
 from data_prep.testing.videos import write_frames_video
 from tea_jax.errors import InputError
 
-LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
-            "gives helpful, detailed, and polite answers to the human's questions. USER: <image>\n"
-            f"{PAPER_PROMPT} ASSISTANT:")
+LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. The "
+            "assistant gives helpful, detailed, and polite answers to the human's questions. USER: "
+            f"<image>\n{PAPER_PROMPT} ASSISTANT:")
 OLD_PROMPT = f"USER: <image>\n{PAPER_PROMPT} ASSISTANT:"  # what lines before this change record
 
 
@@ -179,6 +179,8 @@ def test_settings_for_the_app_without_loading_the_model(llava_dir):
   assert narration_settings("llava").max_new_tokens == 192
   hf = narration_settings("llava", llava_dir, template="hf")
   assert hf.prompt == OLD_PROMPT and hf.preprocess == "pad"
+  vicuna = narration_settings("llava", None, template="vicuna_v1").prompt
+  assert vicuna == LLAVA_V1.replace("curious human", "curious user").replace("human's", "user's")
   with pytest.raises(InputError, match="without a prompt"):
     narration_settings("blip2", None, template="hf")
   with pytest.raises(InputError, match="chat template"):
@@ -259,7 +261,8 @@ def test_a_run_adds_only_to_an_output_of_its_settings(llava_dir, tmp_path, capsy
   assert f"{out}:1 was narrated with other settings" in err and "Traceback" not in err
   assert len(err.strip().splitlines()) == 1 and "preprocess='crop'" in err
   # The older run's settings (its prompt is what the hf template renders) resume it.
-  assert cli.main(base + ["--preprocess", "crop", "--template", "hf", "--max-new-tokens", "80"]) == 0
+  older = ["--preprocess", "crop", "--template", "hf", "--max-new-tokens", "80"]
+  assert cli.main(base + older) == 0
   summary = json.loads(capsys.readouterr().out)
   assert summary["videos_skipped_as_done"] == 1 and summary["videos_written"] == 1
   lines = out.read_text("utf-8").splitlines(keepends=True)

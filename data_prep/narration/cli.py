@@ -1,7 +1,7 @@
 """`python -m data_prep.narrate`: narrate videos with an MLLM, on one device or all of a machine's.
 
     python -m data_prep.narrate --videos DIR --model MODEL_DIR --out narratives.jsonl \\
-        [--backend llava|blip2|hf] [--preprocess pad|crop] [--template llava_v1|hf] \\
+        [--backend llava|blip2|hf] [--preprocess pad|crop] [--template llava_v1|vicuna_v1|hf] \\
         [--interval 1.0] [--batch-size auto|N] [--max-new-tokens 192] \\
         [--devices all|0,1,...] [--num-shards K --shard-index I] [--video-ids FILE] \\
         [--decode-workers 2] [--device auto] [--dtype auto] [--generation fast|generate] \\
@@ -58,7 +58,9 @@ def _narrate_parser() -> argparse.ArgumentParser:
                            "llava-1.5: short side resized, centre cropped)")
   parser.add_argument("--template", choices=TEMPLATES,
                       help="llava_v1: LLaVA-1.5's conversation with its system sentence (the "
-                           "llava default); hf: the processor's chat template (the hf default)")
+                           "llava default, as LLaVA's run_llava and CLI pick it); vicuna_v1: the "
+                           "one LLaVA-1.5 was fine-tuned and evaluated with ('user' for "
+                           "'human'); hf: the processor's chat template (the hf default)")
   parser.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
   parser.add_argument("--batch-size", default="auto",
                       help="frames per generation call; auto: as many as free memory holds")

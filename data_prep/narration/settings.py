@@ -13,11 +13,18 @@ PAPER_PROMPT = ("This is one image frame sampled from a video. Please caption th
                 "three sentences, to describe this frame with some details but without any "
                 "analysis.")
 
-# LLaVA-1.5's `llava_v1` conversation: its system sentence, then one USER turn that starts with the
-# image, then the ASSISTANT role to be continued (haotian-liu/LLaVA, llava/conversation.py).
+# LLaVA-1.5's conversations (haotian-liu/LLaVA, llava/conversation.py): a system sentence, then one
+# USER turn that starts with the image, then the ASSISTANT role to be continued. `llava_v1` is the
+# one its own inference commands (run_llava, the CLI) pick for a v1.5 model; `vicuna_v1` (the same
+# but "user" for "human") is the one it was fine-tuned with (--version v1) and its evaluation
+# scripts pass.
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                    "The assistant gives helpful, detailed, and polite answers to the human's "
                    "questions.")
+VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                    "The assistant gives helpful, detailed, and polite answers to the user's "
+                    "questions.")
+CONVERSATIONS = {"llava_v1": LLAVA_V1_SYSTEM, "vicuna_v1": VICUNA_V1_SYSTEM}
 
 # "Two or three sentences ... with some details" runs to about 60-100 tokens; the cap is there to
 # stop a model that does not end, not to shorten captions (LLaVA's own scripts allow 128-1024).
@@ -27,7 +34,7 @@ DEFAULT_MAX_NEW_TOKENS = 192
 LEGACY_MAX_NEW_TOKENS = 80
 
 PREPROCESS = ("pad", "crop")
-TEMPLATES = ("llava_v1", "hf")
+TEMPLATES = ("llava_v1", "vicuna_v1", "hf")
 
 # backend -> (default preprocess, default template; None: no prompt at all).
 BACKEND_DEFAULTS = {"llava": ("pad", "llava_v1"), "blip2": ("crop", None), "hf": ("crop", "hf")}
@@ -40,7 +47,7 @@ class NarrationSettings:
   backend: str
   prompt: str | None  # None: BLIP-2 captions the image without a prompt
   preprocess: str  # pad: LLaVA-1.5's square padding first; crop: the processor's own
-  template: str | None  # how `prompt` was built (llava_v1, hf, or None without a prompt)
+  template: str | None  # how `prompt` was built (TEMPLATES, or None without a prompt)
   max_new_tokens: int
 
   def key_parts(self) -> dict:
@@ -70,21 +77,21 @@ def check_choices(backend: str, preprocess: str | None, template: str | None) ->
   if default_template is None:
     raise InputError(f"the {backend} backend captions without a prompt: --template does not apply")
   if backend == "hf" and template != "hf":
-    raise InputError("--template llava_v1 is LLaVA-1.5's conversation; the hf backend builds its "
-                     "prompt with the model's own chat template (--template hf)")
+    raise InputError(f"--template {template} is LLaVA-1.5's conversation; the hf backend builds "
+                     f"its prompt with the model's own chat template (--template hf)")
   return preprocess, template
 
 
-def llava_v1_prompt(question: str) -> str:
-  """`question` in LLaVA-1.5's llava_v1 conversation, image first, ready for the answer."""
-  return f"{LLAVA_V1_SYSTEM} USER: <image>\n{question} ASSISTANT:"
+def conversation_prompt(template: str, question: str) -> str:
+  """`question` in one of LLaVA-1.5's conversations, image first, ready for the answer."""
+  return f"{CONVERSATIONS[template]} USER: <image>\n{question} ASSISTANT:"
 
 
 def chat_template_prompt(processor, question: str, where: str = "the model") -> str:
   """`question` after one image, as the processor's chat template renders a user turn."""
   if not getattr(processor, "chat_template", None):
     raise InputError(f"the processor of {where} has no chat template: the hf template needs one "
-                     f"(LLaVA-1.5 also takes --template llava_v1)")
+                     f"(the llava backend also takes --template llava_v1 or vicuna_v1)")
   messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
   return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
@@ -113,8 +120,8 @@ def narration_settings(backend: str, model_dir: str | None = None, *, preprocess
   question = question or PAPER_PROMPT
   if template is None:
     prompt = None
-  elif template == "llava_v1":
-    prompt = llava_v1_prompt(question)
+  elif template in CONVERSATIONS:
+    prompt = conversation_prompt(template, question)
   else:
     if processor is None:
       if model_dir is None:

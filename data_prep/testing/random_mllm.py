@@ -17,11 +17,11 @@ from transformers.models.blip.image_processing_pil_blip import BlipImageProcesso
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-from data_prep.narration.settings import LLAVA_V1_SYSTEM, PAPER_PROMPT
+from data_prep.narration.settings import LLAVA_V1_SYSTEM, PAPER_PROMPT, VICUNA_V1_SYSTEM
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
-_TEXT = (PAPER_PROMPT + " " + LLAVA_V1_SYSTEM + " USER: ASSISTANT: User: Assistant: a person is "
-         "standing in the kitchen holding cup door opens room man woman table")
+_TEXT = (f"{PAPER_PROMPT} {LLAVA_V1_SYSTEM} {VICUNA_V1_SYSTEM} USER: ASSISTANT: User: Assistant: "
+         "a person is standing in the kitchen holding cup door opens room man woman table")
 # Each word as whitespace splits it ("video.") and with its punctuation apart ("video", ".").
 WORDS = sorted(set(_TEXT.split()) | set(_TEXT.replace(".", " .").replace(",", " ,").split()))
 
