@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)
-	$(PY) -m tea_jax.demo --workdir runs/demo
+	$(PY) -m tea_apps.demo --workdir runs/demo
 
 # Two pytest workers (pytest-xdist), each taking whole test files: the suite's trainings and
 # subprocesses overlap instead of queueing; TEST_WORKERS=0 runs it in one process.

@@ -21,7 +21,7 @@ from configs import demo  # noqa: E402
 from data_prep import synthetic  # noqa: E402
 from data_prep.build_records import build_records  # noqa: E402
 from tea_jax.data.input_pipeline import Records  # noqa: E402
-from tea_jax.data.schema import data_path  # noqa: E402
+from tea_jax.data.schema import records_dir  # noqa: E402
 
 
 def main():
@@ -46,10 +46,10 @@ def main():
   meta = build_records(config, progress=False)
   build_s = time.perf_counter() - t0
   pairs = sum(m["pairs"] for m in meta["splits"].values())
-  records_dir = data_path(config.data, "records_dir")
-  record_bytes = sum(os.path.getsize(os.path.join(records_dir, name))
-                     for name in os.listdir(records_dir) if name.endswith(".tfrecord"))
-  records = Records(records_dir, config.data)
+  folder = records_dir(config.data)
+  record_bytes = sum(os.path.getsize(os.path.join(folder, name))
+                     for name in os.listdir(folder) if name.endswith(".tfrecord"))
+  records = Records(folder, config.data)
   stream = records.train_batches("train", args.batch, seed=0)
   next(stream)  # start-up
   t0 = time.perf_counter()

@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tea_jax import inference  # noqa: E402
-from tea_jax.model.config import ModelConfig, model_config  # noqa: E402
+from tea_jax.model.config import ModelConfig, model_defaults  # noqa: E402
 from tea_jax.model.tea import TEA  # noqa: E402
 
 VARIANTS = {"emb": dict(merge="none", paragraph_branch=False),
@@ -80,10 +80,10 @@ def main():
   print(f"{'variant':8} {'pass':18} {'ms/step':>9} {'samples/s':>10} {'compile s':>10}")
   rng = np.random.default_rng(0)
   for name in args.variants.split(","):
-    config = model_config()
+    config = model_defaults()
     config.update(VARIANTS[name], hidden=args.hidden, vocab_size=args.vocab, lstm=args.lstm)
     model = TEA(ModelConfig.from_config(config))
-    variables = inference.init_params(config, jax.random.key(0))
+    variables = inference.init_variables(config, jax.random.key(0))
     batch = make_batch(rng, config, args.batch, args.length, args.words)
     inputs = {k: jnp.asarray(v) for k, v in batch.items()}
 

@@ -104,7 +104,7 @@ def build_variant(args, mesh, name, lstm, total_steps):
   config.model.update(VARIANTS[name], vocab_size=args.vocab, lstm=lstm)
   config.batch_size = args.batch
   tx = optim.make_optimizer(config, total_steps)
-  variables = inference.init_params(config, jax.random.key(0))
+  variables = inference.init_variables(config, jax.random.key(0))
   train_state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
   state = jax.device_put((variables, train_state), NamedSharding(mesh, PartitionSpec()))
   step = train.make_train_step(config, tx, mesh)

@@ -2,8 +2,8 @@
 
 import ml_collections
 
-from tea_jax.losses import loss_config
-from tea_jax.model.config import model_config
+from tea_jax.losses import loss_defaults
+from tea_jax.model.config import model_defaults
 
 
 def data_config(root: str, splits: dict[str, str], train: str, selection: str,
@@ -69,8 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 32
   # Training epochs.
   c.num_epochs = 100
-  c.model = model_config()
-  c.loss = loss_config()
+  c.model = model_defaults()
+  c.loss = loss_defaults()
   c.optimizer = ml_collections.ConfigDict()
   # Peak learning rate, decayed linearly to 0 over all steps.
   c.optimizer.learning_rate = 5e-4
@@ -92,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Stop after this many steps (0 = train all epochs); a later run resumes to the end.
   c.max_steps = 0
   # Persistent compilation cache (tea_jax/compilation_cache.py): "" = JAX's own setting if any,
-  # else `.jax_cache` beside the workdir (else ~/.cache/tea_jax/jax_cache); a folder; or "off".
+  # else `.jax_cache` beside the workdir; a folder; or "off".
   c.compilation_cache = ""
   # Call jax.distributed.initialize() first (multi-host runs); devices form one `data` mesh axis.
   c.distributed = False

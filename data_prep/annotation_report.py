@@ -12,7 +12,9 @@ import argparse
 import json
 import sys
 
-from data_prep.annotations import BAD_RECORD_POLICIES, BadAnnotation, read_annotations
+from data_prep.annotations import read_annotations
+from tea_jax.config_checks import BAD_RECORD_POLICIES
+from tea_jax.errors import InputError
 
 
 def main(argv=None) -> int:
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
   policy = "skip" if args.bad_records == "fail" else args.bad_records  # "fail": report, then exit 1
   try:
     annotations = read_annotations(args.file, args.durations, bad_records=policy)
-  except (OSError, BadAnnotation) as e:
+  except (OSError, InputError) as e:
     print(json.dumps({"file": args.file, "error": str(e)}, indent=1))
     return 2
   summary = annotations.summary()

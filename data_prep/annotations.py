@@ -12,8 +12,8 @@ the policy (`bad_records`):
   "reference" (default) builds exactly the pairs EMB's processors build: a moment whose start comes
       after its end, or that lies outside its video (it becomes start > end once clipped), is KEPT
       and reported; its labels are (0, 0) and its IoU with any prediction is 0, as in EMB;
-  "skip" skips those too (tea_jax's behaviour before the reference policy);
-  "fail" raises BadAnnotation on the first reported record.
+  "skip" skips those too;
+  "fail" raises InputError on the first reported record.
 Records EMB's code could not read at all (a non-numeric or missing time, a video without a
 duration, an empty sentence, a malformed line) are skipped under "reference" and "skip".
 """
@@ -24,14 +24,9 @@ import math
 import os
 from typing import Any
 
+from tea_jax.config_checks import BAD_RECORD_POLICIES
 from tea_jax.errors import ConfigError, InputError
 
-# What build_records and inspect do with a questionable record (see the module docstring).
-BAD_RECORD_POLICIES = ("reference", "skip", "fail")
-
-
-class BadAnnotation(InputError):
-  """A bad record in strict mode, or an unreadable annotation file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +128,14 @@ def _load_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise BadAnnotation(f"{path}: not valid UTF-8 JSON ({e})") from None
+    raise InputError(f"{path}: not valid UTF-8 JSON ({e})") from None
 
 
 def read_durations(path: str) -> dict[str, float]:
   """charades.json-style {vid: {"duration": seconds, ...}} -> {vid: seconds}."""
   data = _load_json(path)
   if not isinstance(data, dict):
-    raise BadAnnotation(f"{path}: expected a JSON object of videos")
+    raise InputError(f"{path}: expected a JSON object of videos")
   out = {}
   for vid, record in data.items():
     value = _number(record.get("duration")) if isinstance(record, dict) else _number(record)
@@ -196,7 +191,7 @@ def read_json_annotations(path: str, durations: dict[str, float] | None = None,
   """{vid: {timestamps: [[s, e], ...], sentences: [...], duration | video_duration}}."""
   data = _load_json(path)
   if not isinstance(data, dict):
-    raise BadAnnotation(f"{path}: expected a JSON object {{video_id: record}}")
+    raise InputError(f"{path}: expected a JSON object {{video_id: record}}")
   family, field = _json_family(data)
   pairs, bad = [], []
   name = os.path.basename(path)
@@ -234,7 +229,7 @@ def read_annotations(path: str, durations: str | dict[str, float] | None = None,
                      strict: bool = False, bad_records: str = "reference") -> Annotations:
   """Reads any supported annotation file. `durations`: charades.json (path or dict), needed for
   Charades-STA txt files. `bad_records`: "reference", "skip" or "fail" (module docstring);
-  strict=True is "fail": any reported record raises BadAnnotation naming it."""
+  strict=True is "fail": any reported record raises InputError naming it."""
   if bad_records not in BAD_RECORD_POLICIES:
     raise ConfigError(f"unknown bad_records policy {bad_records!r}: expected one of "
                      f"{', '.join(BAD_RECORD_POLICIES)}")
@@ -244,13 +239,13 @@ def read_annotations(path: str, durations: str | dict[str, float] | None = None,
     durations = read_durations(durations)
   if path.endswith(".txt"):
     if durations is None:
-      raise BadAnnotation(f"{path}: Charades-STA txt files need --durations charades.json")
+      raise InputError(f"{path}: Charades-STA txt files need --durations charades.json")
     annotations = read_charades_sta(path, durations, keep)
   else:
     annotations = read_json_annotations(path, durations, keep)
   annotations.policy = policy
   if policy == "fail" and annotations.bad:
     first = annotations.bad[0]
-    raise BadAnnotation(f"{len(annotations.bad)} bad records in {path}; first: {first.source}: "
+    raise InputError(f"{len(annotations.bad)} bad records in {path}; first: {first.source}: "
                         f"{first.reason}")
   return annotations

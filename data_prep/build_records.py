@@ -36,15 +36,12 @@ from data_prep.labels import moment_labels
 from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
 from data_prep.text import build_vocabulary, tokenize, word_ids
 from tea_jax import cli, files
-from tea_jax.data.checks import check_data
-from tea_jax.data.schema import RECORD_FORMAT, data_path, record_features
+from tea_jax.config_checks import check_data
+from tea_jax.data.schema import RECORD_FORMAT, data_path, record_features, records_dir
 from tea_jax.errors import InputError
 
-log = logging.getLogger("build_records")
+log = logging.getLogger(__name__)
 
-
-class BuildError(InputError):
-  """Bad input that stops the build (strict mode, or nothing usable)."""
 
 
 @dataclasses.dataclass
@@ -82,12 +79,6 @@ def split_order(data: ml_collections.ConfigDict) -> list[str]:
   which the vocabulary counts words (EMB: train, val, test), whatever order the ConfigDict keeps
   `data.splits` in."""
   declared = list(data.get("split_order", ()) or data.splits)
-  if sorted(declared) != sorted(data.splits):
-    raise BuildError(f"config.data.split_order {tuple(declared)} must name each split of "
-                     f"config.data.splits {sorted(data.splits)} once")
-  if data.train_split not in declared:
-    raise BuildError(f"config.data.train_split {data.train_split!r} is not a split of "
-                     f"config.data.splits {sorted(data.splits)}")
   return [data.train_split] + [s for s in declared if s != data.train_split]
 
 
@@ -135,7 +126,7 @@ def make_vocabulary(config, tokens: dict[str, list], order: list[str], narrative
       np.zeros((0, model.word_dim), np.float32)
   encoder = MeanWordVectorEncoder(index, vectors)
   if narratives and encoder.dim != model.narrative_dim:
-    raise BuildError(f"narrative encoder gives {encoder.dim}-d features but "
+    raise InputError(f"narrative encoder gives {encoder.dim}-d features but "
                      f"config.model.narrative_dim is {model.narrative_dim}")
   return Vocabulary(words, {w: i for i, w in enumerate(words)}, rows, encoder, stats)
 
@@ -148,10 +139,10 @@ def video_features(build: Build, split: str, vid: str) -> np.ndarray | None:
   except MissingFeatures as e:
     build.missing.setdefault(vid, str(e))
     if data.strict:
-      raise BuildError(f"{split}: {e}") from None
+      raise InputError(f"{split}: {e}") from None
     return None
   if reduced.shape[1] != build.config.model.video_dim:
-    raise BuildError(f"features of {vid} have {reduced.shape[1]} channels; "
+    raise InputError(f"features of {vid} have {reduced.shape[1]} channels; "
                      f"config.model.video_dim is {build.config.model.video_dim}")
   return reduced
 
@@ -161,7 +152,7 @@ def video_duration(split: str, ann: Annotations, vid: str, indices: list[int]) -
   duration = ann.pairs[indices[0]].duration
   other = [ann.pairs[i] for i in indices if abs(ann.pairs[i].duration - duration) > 1e-3]
   if other:
-    raise BuildError(f"{split}: video {vid!r} has duration {duration} at "
+    raise InputError(f"{split}: video {vid!r} has duration {duration} at "
                      f"{ann.pairs[indices[0]].source} but {other[0].duration} at "
                      f"{other[0].source}")
   return duration
@@ -177,7 +168,7 @@ def video_narrative_rows(build: Build, split: str, vid: str, duration: float,
   if vid not in build.narratives:
     build.missing.setdefault(vid, f"no narratives for video {vid!r} in {data.narratives}")
     if data.strict:
-      raise BuildError(f"{split}: no narratives for video {vid!r}")
+      raise InputError(f"{split}: no narratives for video {vid!r}")
     return None
   return video_narrative(build.narratives[vid], build.vocab.encoder, duration, v_len)
 
@@ -293,7 +284,7 @@ def write_records(build: Build, annotations: dict, tokens: dict, order: list[str
   splits = {split: write_split(build, split, annotations[split], tokens[split], progress)
             for split in order}
   if not any(m["pairs"] for m in splits.values()):
-    raise BuildError("no pair could be written: check the features and narratives paths")
+    raise InputError("no pair could be written: check the features and narratives paths")
   build.schema.save_config(build.tmp_dir)
   files.write_json(os.path.join(build.tmp_dir, "vocab.json"), build.vocab.words)
   np.save(os.path.join(build.tmp_dir, "word_vectors.npy"), build.vocab.vectors.astype(np.float32))
@@ -312,7 +303,7 @@ def build_records(config: ml_collections.ConfigDict, progress: bool = True) -> d
   narratives, narrative_problems = read_narrative_file(data)
   vocab = make_vocabulary(config, tokens, order, narratives, progress,
                           cache_dir=os.path.join(data.root, "cache"))
-  out_dir = data_path(data, "records_dir")
+  out_dir = records_dir(data)
   parent = os.path.dirname(os.path.abspath(out_dir))
   os.makedirs(parent, exist_ok=True)
   features = FeatureSource(data_path(data, "features"))
@@ -336,7 +327,7 @@ def main(argv):
   config = flags.FLAGS.config
   meta = cli.run_reporting(lambda: build_records(config))
   counts = {s: m["pairs"] for s, m in meta["splits"].items()}
-  print(json.dumps({"records_dir": data_path(config.data, "records_dir"), "pairs": counts,
+  print(json.dumps({"records_dir": records_dir(config.data), "pairs": counts,
                     "bad_records": meta["bad_records"], "vocab_size": meta["vocab_size"],
                     "missing_videos": len(meta["missing_videos"]),
                     "seconds": meta["build_seconds"]}, indent=1))

@@ -35,8 +35,10 @@ from tqdm import tqdm
 
 from data_prep.frames import UnreadableVideo, frames_at_fps
 from data_prep.narration.pipeline import select_videos
+from tea_jax import cli
+from tea_jax.errors import InputError
 from tea_jax.files import atomic_write, write_json, write_lines
-from tea_jax.i3d import recipe
+from tea_jax.i3d import Extractor, recipe
 
 SHAPES_FILE = "feature_shapes.json"
 SHAPES_EVERY_SECONDS = 60.0
@@ -190,24 +192,26 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
+def run(args) -> dict:
+  """The command's work: checks, the videos of this shard, the extractor, the extraction."""
+  for flag in ("batch_size", "decode_workers"):
+    value = getattr(args, flag)
+    if value < 1:
+      raise InputError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+  videos = select_videos(args.videos, args.video_ids, args.num_shards, args.shard_index)
+  extractor = Extractor.from_weights(args.weights, batch_size=args.batch_size,
+                                     precision=None if args.precision == "default" else "highest")
+  return extract(extractor, videos, args.out, args.decode_workers,
+                 failures_path(args.out, args.num_shards, args.shard_index))
+
+
 def main(argv=None) -> int:
+  """The command; bad input is one line and exit status 2."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from tea_jax.i3d import Extractor  # pylint: disable=import-outside-toplevel
-  try:
-    for flag in ("batch_size", "decode_workers"):
-      value = getattr(args, flag)
-      if value < 1:
-        raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    videos = select_videos(args.videos, args.video_ids, args.num_shards, args.shard_index)
-    extractor = Extractor.from_weights(args.weights, batch_size=args.batch_size,
-                                       precision=None if args.precision == "default" else "highest")
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-    return 2
-  summary = extract(extractor, videos, args.out, args.decode_workers,
-                    failures_path(args.out, args.num_shards, args.shard_index))
-  print(json.dumps(summary, indent=1))
-  return 0
+  status, summary = cli.call_reporting(lambda: run(args))
+  if not status:
+    print(json.dumps(summary, indent=1))
+  return status
 
 
 if __name__ == "__main__":

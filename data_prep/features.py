@@ -10,8 +10,8 @@ import numpy as np
 from tea_jax.errors import ConfigError, InputError
 
 
-class MissingFeatures(KeyError):
-  """A video has no features in the source."""
+class MissingFeatures(InputError):
+  """A video has no features in the source (build_records counts such videos as missing)."""
 
 
 class FeatureSource:

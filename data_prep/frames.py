@@ -10,11 +10,14 @@ import av
 import numpy as np
 from PIL import Image
 
+from tea_jax.errors import InputError
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 
 
-class UnreadableVideo(ValueError):
-  """A video that cannot be opened or decoded (corrupt, empty, no video stream)."""
+class UnreadableVideo(InputError):
+  """A video that cannot be opened or decoded (corrupt, empty, no video stream): narration and
+  feature extraction record it as a failure and go on with the other videos."""
 
 
 def find_videos(folder: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from tea_jax.files import atomic_write
 
-log = logging.getLogger("glove")
+log = logging.getLogger(__name__)
 
 # Bumped when the line rule changes, so that caches written under another rule are not reused.
 _RULE = "emb-lines/2"

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from tea_jax import metrics
+
 
 def moment_labels(start: float, end: float, v_len: int, duration: float) -> tuple[int, int]:
   """(s, e): the (i, j) of the full row-major v_len x v_len grid (j < i included) whose span
@@ -11,7 +13,5 @@ def moment_labels(start: float, end: float, v_len: int, duration: float) -> tupl
   span_end = np.arange(1, v_len + 1).astype(np.float32) / float(v_len) * duration
   starts = span_start.astype(np.float64)[:, None]  # (v_len, 1): i
   ends = span_end.astype(np.float64)[None, :]  # (1, v_len): j
-  inter = np.maximum(np.minimum(ends, end) - np.maximum(starts, start), 0.0)
-  union = np.maximum(np.maximum(ends, end) - np.minimum(starts, start), 1e-5)
-  best = int(np.argmax(inter / union))  # row-major: the first maximum wins; all zero -> 0
+  best = int(np.argmax(metrics.iou(starts, ends, start, end)))  # row-major: first maximum wins
   return best // v_len, best % v_len

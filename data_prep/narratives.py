@@ -15,9 +15,6 @@ from data_prep.text import tokenize
 from tea_jax.errors import InputError
 
 
-class BadNarratives(InputError):
-  """An unreadable narratives file or line."""
-
 
 def read_narratives(path: str) -> tuple[dict[str, list[tuple[float, str]]], list[str]]:
   """{video_id: [(t, text), ...] in time order} and the problems found (file:line: reason).
@@ -81,7 +78,7 @@ def align_to_snippets(times: np.ndarray, features: np.ndarray, duration: float,
   (first one on a tie)."""
   times = np.asarray(times, np.float64)
   if len(times) == 0:
-    raise BadNarratives("no narratives to align")
+    raise InputError("no narratives to align")
   width = duration / v_len
   slot = np.floor(times / width).astype(np.int64)
   out = np.zeros((v_len, features.shape[1]), np.float32)

@@ -11,7 +11,7 @@ Writes, under --out:
   narratives.jsonl         one line per video, as data_prep.narrate writes it
   videos/<vid>.mp4         with --write-videos: a small video per video id, its length the
                            annotated duration, each action segment drawn as a coloured card naming
-                           the action (for the frame strip of `tea_jax.predict --plot --videos`)
+                           the action (for the frame strip of `tea_apps.predict --plot --videos`)
 
 The world: an action is a (verb, object) pair. A video is a sequence of 2-4 action segments over a
 background. Snippet features carry a weak, noisy visual signature of the action on screen (verb and
@@ -233,7 +233,7 @@ def main(argv=None):
   parser.add_argument("--video-dim", type=int, default=256)
   parser.add_argument("--word-dim", type=int, default=50)
   parser.add_argument("--write-videos", action="store_true",
-                      help="also write videos/<vid>.mp4 (frames for tea_jax.predict --plot)")
+                      help="also write videos/<vid>.mp4 (frames for tea_apps.predict --plot)")
   args = parser.parse_args(argv)
   counts = generate(args.out, args.videos, args.seed, args.video_dim, args.word_dim,
                     write_videos=args.write_videos)

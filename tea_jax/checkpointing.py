@@ -1,11 +1,10 @@
-"""Every Orbax call of tea_jax lives here, plus the small JSON files beside the checkpoints.
+"""Every Orbax call of tea_jax lives here.
 
-Layout of a workdir:
-  config.json            the experiment config (ml_collections, as a dict)
-  vocab.json             the vocabulary the embedding table implies
   checkpoints/<step>/    Orbax checkpoints; items `variables` = {"params", "frozen"} and (training)
                          `train_state` = {optimizer state, step}; a checkpoint evaluated on the
                          selection split carries its metrics (Orbax stores them with it)
+  damaged_checkpoints/   checkpoints that could not be read, moved aside (never deleted)
+(the workdir's other files: tea_jax.workdir).
 
 One CheckpointManager per run decides what is kept (docs/design.md section 18): the latest
 `keep_latest` checkpoints and the best one by the selection metric (ties go to the earlier step), so
@@ -23,7 +22,6 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -32,7 +30,7 @@ from orbax.checkpoint import checkpoint_managers
 from tea_jax.errors import CheckpointError
 from tea_jax.mesh import make_mesh
 
-log = logging.getLogger("tea_jax")
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 # Damaged checkpoints are moved here (never deleted) when a run falls back to an older one.
@@ -41,17 +39,9 @@ VARIABLES = "variables"
 TRAIN_STATE = "train_state"
 # The metric entry every evaluated checkpoint carries: the configured selection metric's value.
 SELECTION = "selection_value"
-# Layout of workdirs written before the manager kept the best checkpoint itself.
-_OLD_BEST = ("best", "best.json")
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The experiment config saved in `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"no config.json in workdir {workdir!r}: not a tea_jax workdir")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+# What a workdir of an older tea_jax holds instead (a best checkpoint kept by hand).
+_OLDER_LAYOUT = ("best", "best.json")
+RETRAIN = "train into a new workdir (evaluation and predict still read its checkpoints' variables)"
 
 
 def _ranking(metrics: dict) -> tuple[float, int]:
@@ -60,13 +50,12 @@ def _ranking(metrics: dict) -> tuple[float, int]:
 
 
 def check_layout(workdir: str) -> None:
-  """Refuses workdirs of the older layout (a best/ folder and best.json kept by hand)."""
-  old = [name for name in _OLD_BEST if os.path.exists(os.path.join(workdir, name))]
+  """Refuses, in one line, a workdir that an older tea_jax wrote."""
+  old = [name for name in _OLDER_LAYOUT if os.path.exists(os.path.join(workdir, name))]
   if old:
-    raise CheckpointError(f"workdir {workdir} was written by an older tea_jax "
-                          f"({' and '.join(old)}); "
-                     f"train into a new workdir, or evaluate one of its checkpoints in "
-                     f"{CHECKPOINT_DIR}/ with --step N")
+    raise CheckpointError(f"workdir {workdir} was written by an older tea_jax ({' and '.join(old)}"
+                          f"); train into a new workdir, or evaluate one of its checkpoints in "
+                          f"{CHECKPOINT_DIR}/ with --step N")
 
 
 # Small JSON files Orbax reads from every checkpoint when a manager opens the folder.
@@ -197,36 +186,23 @@ def _check_architecture(mngr, step: int, variables_like) -> None:
                           f"resume with the config it was trained with or use a new workdir")
 
 
-def _restore_converted(mngr, step: int, variables_like, train_state_like, convert):
-  """Checkpoint `step` restored as saved, its training state converted by `convert(saved state,
-  variables)` when its layout is not `train_state_like`'s (one written by an older tea_jax);
-  None when the layouts agree."""
+def _check_training_state(mngr, step: int, train_state_like) -> None:
+  """A training state of another layout is a checkpoint of an older tea_jax, not damage."""
   metadata = mngr.item_metadata(step)[TRAIN_STATE]
-  saved = getattr(metadata, "tree", metadata)
-  if _leaf_shapes(saved) == _leaf_shapes(train_state_like):
-    return None
-  if convert is None:
-    raise CheckpointError(f"checkpoint {mngr.directory / str(step)} holds a training state of "
-                          f"another layout than this version of tea_jax writes")
-  items = restore(mngr, step, variables_like=variables_like, train_state_like=saved)
-  items[TRAIN_STATE] = convert(items[TRAIN_STATE], items[VARIABLES])
-  log.warning("checkpoint %s: training state of an older layout, converted to the current one",
-              mngr.directory / str(step))
-  return items
+  if _leaf_shapes(getattr(metadata, "tree", metadata)) != _leaf_shapes(train_state_like):
+    raise CheckpointError(f"checkpoint {mngr.directory / str(step)} was written by an older "
+                          f"tea_jax (its training state has another layout): {RETRAIN}")
 
 
-def restore_latest_intact(mngr, variables_like, train_state_like,
-                          convert=None) -> dict[str, Any] | None:
+def restore_latest_intact(mngr, variables_like, train_state_like) -> dict[str, Any] | None:
   """Restores the newest checkpoint that can be read; damaged newer ones are reported in one line
   each and moved to <workdir>/damaged_checkpoints/ (kept, never deleted). None when there is
-  no checkpoint at all. A training state in an older layout goes through `convert` (or is a
-  CheckpointError), never counted as damage."""
+  no checkpoint at all. A checkpoint of another model or of an older tea_jax is a
+  CheckpointError, never counted as damage."""
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       _check_architecture(mngr, step, variables_like)
-      converted = _restore_converted(mngr, step, variables_like, train_state_like, convert)
-      if converted is not None:
-        return converted
+      _check_training_state(mngr, step, train_state_like)
       return restore(mngr, step, variables_like=variables_like,
                      train_state_like=train_state_like)
     except CheckpointError:
@@ -257,7 +233,8 @@ def _set_aside(mngr, step: int, error: Exception) -> None:
 
 
 def _first_line(error: Exception) -> str:
-  text = str(error).strip().splitlines()
+  """The gist of an error's message: its first line, without TensorStore's spec dump."""
+  text = str(error).split(" See full TensorStore details")[0].strip().splitlines()
   return text[0][:200] if text else ""
 
 

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import threading
 from typing import Any, Callable
 
 from absl import flags
@@ -23,6 +24,10 @@ class _DropNoise(logging.Filter):
     return not any(n in record.getMessage() for n in _NOISE)
 
 
+# Every module logs through `logging.getLogger(__name__)`: these are the project's package loggers.
+PACKAGES = ("tea_jax", "data_prep", "tea_apps")
+
+
 def setup_logging() -> None:
   """Our INFO lines on the console; libraries (Orbax, tfds, XLA) only from WARNING up."""
   absl_logging.set_verbosity(absl_logging.INFO)
@@ -30,17 +35,14 @@ def setup_logging() -> None:
   for handler in logging.getLogger().handlers + [absl_logging.get_absl_handler()]:
     if not any(isinstance(f, _DropNoise) for f in handler.filters):
       handler.addFilter(_DropNoise())
-  ours = logging.getLogger("tea_jax")
-  if not ours.handlers:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    ours.addHandler(handler)
-  ours.setLevel(logging.INFO)
-  ours.propagate = False
-  for name in ("build_records",):
-    logging.getLogger(name).handlers = ours.handlers
-    logging.getLogger(name).setLevel(logging.INFO)
-    logging.getLogger(name).propagate = False
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+  for name in PACKAGES:
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+      logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def parse_flags(argv):
@@ -55,15 +57,36 @@ def parse_flags(argv):
              f"locked so that a typo cannot silently add a field (see the config file's fields)")
 
 
-def run_reporting(command: Callable[[], Any]) -> Any:
-  """Runs a command: bad input or configuration (UserError, a missing file) ends it with one
-  `error: ...` line and exit status 2; any other exception is a bug and keeps its traceback."""
+def _silence_leftovers() -> None:
+  """After the one-line error nothing else is printed: background work the error abandoned (Orbax's
+  reads of the other arrays of a damaged checkpoint, as coroutines and threads) would otherwise
+  report its own failures as it is collected on the way out."""
+  sys.unraisablehook = lambda unraisable: None
+  threading.excepthook = lambda args: None
+
+
+BAD_INPUT = 2  # the exit status of a command stopped by bad input or configuration
+
+
+def call_reporting(command: Callable[[], Any]) -> tuple[int, Any]:
+  """(0, the command's result), or (BAD_INPUT, None) once bad input or configuration (UserError, a
+  missing file) has been reported in one `error: ...` line; any other exception is a bug and keeps
+  its traceback."""
   try:
-    return command()
+    return 0, command()
   except (UserError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _silence_leftovers()
+    return BAD_INPUT, None
   except Exception:
     print("tea_jax: unexpected error (a bug, not a bad input): please report it with the traceback "
           "below", file=sys.stderr)
     raise
+
+
+def run_reporting(command: Callable[[], Any]) -> Any:
+  """The command's result; bad input ends the process after its one line (call_reporting)."""
+  status, result = call_reporting(command)
+  if status:
+    raise SystemExit(status)
+  return result

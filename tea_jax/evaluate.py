@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import TYPE_CHECKING
 
 import jax
@@ -18,14 +17,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, compilation_cache, config_checks, files, metrics
+from tea_jax import checkpointing, compilation_cache, config_checks, metrics
+from tea_jax import workdir as workdir_files
 from tea_jax.data.prefetch import to_device
-from tea_jax.data.schema import data_path
+from tea_jax.data.schema import records_dir
 from tea_jax.errors import InputError
-from tea_jax.mesh import check_batch_size, initialize_distributed, is_primary, make_mesh
+from tea_jax.mesh import initialize_distributed, is_primary, make_mesh
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
-from tea_jax.workdir import locked
 
 if TYPE_CHECKING:
   from tea_jax.data.input_pipeline import Records
@@ -75,7 +74,6 @@ def evaluate_split(eval_step, variables, records: Records, split: str, batch_siz
 def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
                  progress: bool = True, eval_step=None) -> dict:
   """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
-  check_batch_size(config.eval_batch_size, "config.eval_batch_size")
   eval_step = eval_step or make_eval_step(config, mesh)
   results = {}
   for split in config.data.eval_splits:
@@ -83,10 +81,10 @@ def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: 
                                     mesh, progress)
     results[split] = summary
     if is_primary():
-      files.write_lines(os.path.join(out_dir, f"predictions_{split}.jsonl"), preds)
+      workdir_files.write_predictions(out_dir, split, preds)
   selection = config.data.selection_split
   if is_primary():
-    files.write_json(os.path.join(out_dir, "metrics.json"), {
+    workdir_files.write_metrics(out_dir, {
         "step": int(step), "splits": results,
         "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
   return results
@@ -98,13 +96,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   initialize_distributed(config)
-  saved = checkpointing.read_config(workdir)
+  saved = workdir_files.read_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = saved.model  # the checkpoint's architecture wins over the command line
   config_checks.check_experiment(config)
   compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
-  with locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
-    records = Records(data_path(config.data, "records_dir"), config.data)
+  with workdir_files.locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
+    records = Records(records_dir(config.data), config.data)
     if config.model.vocab_size != records.meta["vocab_size"]:
       raise InputError(f"the checkpoint in {workdir} has a vocabulary of "
                        f"{config.model.vocab_size} ids but the records in {records.records_dir} "

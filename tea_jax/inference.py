@@ -3,10 +3,10 @@
 From a checkpoint to outputs in three lines:
 
     from tea_jax import inference
-    config, params = inference.load_params("path/to/workdir")
-    outputs = inference.forward(config, params, batch)
+    config, variables = inference.load_variables("path/to/workdir")
+    outputs = inference.forward(config, variables, batch)
 
-`params` is the flax variables dict {"params": trainable, "frozen": word vectors and positional
+`variables` is the flax variables dict {"params": trainable, "frozen": word vectors and positional
 table}.
 `batch` holds video (B, L, Dv) float32, video_mask (B, L), word_ids (B, W) int32, query_mask (B, W)
 and, when the narrative merge or the paragraph branch is on, narrative (B, L, Dn).
@@ -20,17 +20,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tea_jax import checkpointing
+from tea_jax import checkpointing, workdir
 from tea_jax.errors import InputError
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 
 INPUT_KEYS = ("video", "video_mask", "word_ids", "query_mask", "narrative")
-
-
-def model_config(config: Any) -> ModelConfig:
-  """The ModelConfig of an experiment config (with `.model`), a model ConfigDict, or itself."""
-  return ModelConfig.from_config(config)
 
 
 @functools.lru_cache(maxsize=16)
@@ -46,7 +41,7 @@ def _compiled(config: ModelConfig, train: bool):
 
 def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> None:
   """Raises a ValueError naming the input whose shape does not fit the model config."""
-  c = model_config(config)
+  c = ModelConfig.from_config(config)
   needs_narrative = c.uses_narrative
   for key in INPUT_KEYS[:4] + (("narrative",) if needs_narrative else ()):
     if key not in batch:
@@ -68,7 +63,7 @@ def check_batch(config: ml_collections.ConfigDict, batch: dict[str, Any]) -> Non
                      f"{c.max_positions}")
 
 
-def forward(config: ml_collections.ConfigDict, params: Any, batch: dict[str, Any], *,
+def forward(config: ml_collections.ConfigDict, variables: Any, batch: dict[str, Any], *,
             train: bool = False, rng: jax.Array | None = None) -> dict[str, jax.Array]:
   """Runs the jit-compiled model.
 
@@ -77,19 +72,19 @@ def forward(config: ml_collections.ConfigDict, params: Any, batch: dict[str, Any
   distributions (with the paragraph branch, (p_v + alpha p_c) / (1 + alpha)); and, with the
   paragraph branch, paragraph_start_logits / paragraph_end_logits.
   """
-  c = model_config(config)
+  c = ModelConfig.from_config(config)
   check_batch(c, batch)
   if train and rng is None:
     raise ValueError("forward(train=True) needs rng for dropout")
   inputs = {k: jnp.asarray(batch[k]) for k in INPUT_KEYS if k in batch}
   inputs["word_ids"] = inputs["word_ids"].astype(jnp.int32)
-  return _compiled(c, train)(params, inputs, rng)
+  return _compiled(c, train)(variables, inputs, rng)
 
 
 def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, length: int = 16,
                   words: int = 4) -> dict[str, np.ndarray]:
   """A zero batch of the given shapes (for init and shape inference)."""
-  c = model_config(config)
+  c = ModelConfig.from_config(config)
   return {"video": np.zeros((batch_size, length, c.video_dim), np.float32),
           "video_mask": np.ones((batch_size, length), np.float32),
           "word_ids": np.ones((batch_size, words), np.int32),
@@ -97,21 +92,23 @@ def example_batch(config: ml_collections.ConfigDict, batch_size: int = 1, length
           "narrative": np.zeros((batch_size, length, c.narrative_dim), np.float32)}
 
 
-def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
+def init_variables(config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
   """Freshly initialised variables (EMB's init; word vectors zero until the data's are loaded)."""
-  c = model_config(config)
+  c = ModelConfig.from_config(config)
   return jax.jit(lambda r: TEA(c).init(r, example_batch(c), train=False))(rng)
 
 
 def variable_shapes(config: ml_collections.ConfigDict) -> Any:
   """The variables' ShapeDtypeStructs, without computing anything."""
-  c = model_config(config)
+  c = ModelConfig.from_config(config)
   return jax.eval_shape(lambda r: TEA(c).init(r, example_batch(c), train=False),
                         jax.random.key(0))
 
 
-def load_params(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
-  """(config, params) from a tea_jax workdir (trained or written by tea_jax.import_emb)."""
-  config = checkpointing.read_config(workdir)
-  variables, _ = checkpointing.restore_variables(workdir, step)
+def load_variables(folder: str, step: int | None = None
+                   ) -> tuple[ml_collections.ConfigDict, Any]:
+  """(config, variables) of a workdir's best checkpoint (or `step`), trained or written by
+  tea_jax.import_emb."""
+  config = workdir.read_config(folder)
+  variables, _ = checkpointing.restore_variables(folder, step)
   return config, variables

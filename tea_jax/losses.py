@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from tea_jax.errors import ConfigError
+from tea_jax import config_checks, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +29,7 @@ class LossConfig:
   highlight_end: str = "min"
 
   def __post_init__(self):
-    if self.highlight_end not in ("min", "max"):
-      raise ConfigError(f"config.loss.highlight_end={self.highlight_end!r}: expected 'min' or "
-                        f"'max'")
+    config_checks.check_loss(dataclasses.asdict(self))
 
   @classmethod
   def from_config(cls, config) -> "LossConfig":
@@ -40,7 +38,7 @@ class LossConfig:
     return cls(**dict(section))
 
 
-def loss_config() -> ml_collections.ConfigDict:
+def loss_defaults() -> ml_collections.ConfigDict:
   """LossConfig's defaults as the ConfigDict that experiment configs hold under `loss`."""
   return ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
 
@@ -60,13 +58,6 @@ def bce(prob: jax.Array, target: jax.Array) -> jax.Array:
   return -(target * clamped_log(prob) + (1.0 - target) * clamped_log(1.0 - prob))
 
 
-def interval_iou(a0, a1, b0, b1):
-  """IoU of [a0, a1] and [b0, b1] (EMB's calculate_batch_iou, union clamped at 1e-5)."""
-  inter = jnp.maximum(jnp.minimum(a1, b1) - jnp.maximum(a0, b0), 0.0)
-  union = jnp.maximum(jnp.maximum(a1, b1) - jnp.minimum(a0, b0), 1e-5)
-  return inter / union
-
-
 def iou_threshold(epoch, num_epochs) -> jax.Array:
   """thr(epoch) = 0.5 + 0.5 (1 - sigmoid((epoch / E - 0.5) / 0.05)), float32, 0-based epoch."""
   progress = jnp.asarray(epoch, jnp.float32) / jnp.asarray(num_epochs, jnp.float32)
@@ -82,7 +73,7 @@ def pseudo_span(outputs, start_label, end_label, threshold):
   e = end_label.astype(jnp.float32)[:, None]
   b0 = bounds[..., 0].astype(jnp.float32)
   b1 = bounds[..., 1].astype(jnp.float32) + 1.0
-  overlap = interval_iou(b0, b1, s, e + 1.0)
+  overlap = metrics.iou(b0, b1, s, e + 1.0, xp=jnp)
   candidate = (overlap >= threshold) & (outputs["proposal_mask"] > 0)
   best = jnp.argmax(jnp.where(candidate, scores, -jnp.inf), axis=1)
   chosen = jnp.take_along_axis(bounds, best[:, None, None], axis=1)[:, 0]  # (B, 2)
@@ -120,8 +111,8 @@ def rank_loss(outputs, start_label, end_label, video_mask, duration, cfg):
   v_len = video_mask.sum(axis=1)[:, None]
   unit = duration.astype(jnp.float32)[:, None] / v_len  # seconds per snippet
   bounds = outputs["proposal_bounds"].astype(jnp.float32)
-  overlap = interval_iou(bounds[..., 0] * unit, (bounds[..., 1] + 1.0) * unit,
-                         start_label[:, None] * unit, (end_label[:, None] + 1.0) * unit)
+  overlap = metrics.iou(bounds[..., 0] * unit, (bounds[..., 1] + 1.0) * unit,
+                        start_label[:, None] * unit, (end_label[:, None] + 1.0) * unit, xp=jnp)
   target = jnp.clip((overlap - cfg.rank_min_iou) / (cfg.rank_max_iou - cfg.rank_min_iou), 0, 1)
   mask = outputs["proposal_mask"]
   return (bce(outputs["proposal_scores"], target) * mask).sum() / mask.sum()

@@ -3,8 +3,6 @@ the multi-host set-up."""
 
 import jax
 
-from tea_jax.errors import ConfigError
-
 
 def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh over every device of every process, axis `data`.
@@ -34,9 +32,3 @@ def is_primary() -> bool:
   """The files beside the checkpoints are written by process 0 only (Orbax coordinates its own)."""
   return jax.process_index() == 0
 
-
-def check_batch_size(batch_size: int, what: str = "config.batch_size") -> None:
-  """Fails unless the global batch splits evenly over the devices."""
-  devices = jax.device_count()
-  if batch_size <= 0 or batch_size % devices:
-    raise ConfigError(f"{what}={batch_size} is not a positive multiple of the {devices} devices")

@@ -45,14 +45,20 @@ def index_to_time(start, end, v_len, duration) -> tuple[np.ndarray, np.ndarray]:
           (np.asarray(end, np.float64) + 1.0) * duration / v_len)
 
 
-def iou(pred_start, pred_end, true_start, true_end) -> np.ndarray:
-  """Temporal IoU in float64 of predicted and true moments in seconds (0 when disjoint, and for
-  a true moment whose start comes after its end)."""
-  pred_start, pred_end, true_start, true_end = (
-      np.asarray(x, np.float64) for x in (pred_start, pred_end, true_start, true_end))
-  inter = np.minimum(pred_end, true_end) - np.maximum(pred_start, true_start)
-  union = np.maximum(pred_end, true_end) - np.minimum(pred_start, true_start)
-  return np.maximum(inter, 0.0) / np.maximum(union, 1e-12)
+# The union is clamped here (EMB's calculate_batch_iou): only two empty intervals come this close.
+MIN_UNION = 1e-5
+
+
+def iou(a_start, a_end, b_start, b_end, xp=np):
+  """Temporal IoU of the intervals [a_start, a_end] and [b_start, b_end], element-wise: 0 when they
+  are disjoint, and for an interval whose start comes after its end. With `xp=np` (evaluation,
+  labels) the times are float64; the losses pass `xp=jax.numpy` and float32 arrays."""
+  if xp is np:
+    a_start, a_end, b_start, b_end = (
+        np.asarray(x, np.float64) for x in (a_start, a_end, b_start, b_end))
+  inter = xp.maximum(xp.minimum(a_end, b_end) - xp.maximum(a_start, b_start), 0.0)
+  union = xp.maximum(xp.maximum(a_end, b_end) - xp.minimum(a_start, b_start), MIN_UNION)
+  return inter / union
 
 
 def summarise(ious: np.ndarray) -> dict[str, float]:

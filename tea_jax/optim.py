@@ -11,51 +11,17 @@ with lr_k = lr * (N - k) / N for update k = 0..N-1. optax.adamw differs in all t
 Clipping and AdamW run as one transformation whose moments are stored as flat vectors over all
 parameters (`clipped_adamw`): a few kernels per step instead of several per parameter (382 of them
 in TEA), which on a GPU were hundreds of launches. Element for element it is the same arithmetic
-as per parameter, so the CPU's numbers are unchanged to the bit. The optimiser state of
-checkpoints written before this layout does not load into it (`flat_state_from_tree` converts
-one).
+as per parameter, so the CPU gets the numbers of a per-parameter AdamW to the bit.
 """
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-
-
-class FlatLayout(NamedTuple):
-  """Where each parameter sits in the optimiser's flat vectors (pytree order)."""
-
-  offsets: tuple[int, ...]  # start of each leaf in the flat vector
-  shapes: tuple[tuple[int, ...], ...]
-  decayed: tuple[bool, ...]  # whether each leaf is weight-decayed
-  size: int
-  treedef: Any
-
-
-def flat_layout(params, decay_mask) -> FlatLayout:
-  """The flat layout of a parameter pytree under a decay mask (a pytree of bools or a function of
-  the parameters returning one)."""
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  mask = decay_mask(params) if callable(decay_mask) else decay_mask
-  sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
-  offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
-  return FlatLayout(tuple(offsets[:-1]), tuple(tuple(leaf.shape) for leaf in leaves),
-                    tuple(bool(d) for d in jax.tree_util.tree_leaves(mask)), int(offsets[-1]),
-                    treedef)
-
-
-def ravel(layout: FlatLayout, tree) -> jax.Array:
-  """The (P,) flat vector of a pytree shaped like the parameters."""
-  return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree_util.tree_leaves(tree)])
-
-
-def leaf_slices(layout: FlatLayout, flat: jax.Array) -> list[jax.Array]:
-  """The pieces of a flat vector, one per parameter, shaped like it."""
-  return [flat[start:start + int(np.prod(shape))].reshape(shape)
-          for start, shape in zip(layout.offsets, layout.shapes)]
+from jax.flatten_util import ravel_pytree
 
 
 class ClippedAdamWState(NamedTuple):
@@ -68,7 +34,7 @@ class ClippedAdamWState(NamedTuple):
 def global_norm(grads, flat_grads: jax.Array) -> jax.Array:
   """||g|| over all parameters. One reduction over the flat vector on accelerators, where a
   reduction per parameter is a kernel launch each; on the CPU the per-parameter sums of
-  optax.tree.norm, whose rounding the CPU runs have always had."""
+  optax.tree.norm, so that its rounding is a per-parameter optimizer's, bit for bit."""
   if jax.default_backend() == "cpu":
     return optax.tree.norm(grads)
   return jnp.sqrt(jnp.sum(flat_grads * flat_grads))
@@ -77,23 +43,22 @@ def global_norm(grads, flat_grads: jax.Array) -> jax.Array:
 def clipped_adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: float,
                   weight_decay: float, max_norm: float, decay_mask) -> optax.GradientTransformation:
   """torch's clip_grad_norm_ then transformers-4.11's AdamW as one optax transformation whose
-  moments are (P,) vectors over all parameters (`flat_layout`).
+  moments are (P,) vectors over all parameters, in pytree order (`ravel_pytree`'s).
 
   The moments are updated as two flat vectors (one kernel, not one per parameter); each
   parameter's step then reads its slice of them, a small single-output computation that XLA's GPU
   backend fuses horizontally with the others (dozens of parameters per kernel) and the CPU runs
-  per parameter in parallel, without a flat copy of the parameters. Updates come back as a pytree,
-  p_new - p.
+  per parameter in parallel, without a flat copy of the parameters. `decay_mask(params)` says
+  which parameters are decayed. Updates come back as a pytree, p_new - p.
   """
 
   def init(params):
-    size = flat_layout(params, decay_mask).size
+    size = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree_util.tree_leaves(params))
     return ClippedAdamWState(jnp.zeros([], jnp.int32), jnp.zeros([size], jnp.float32),
                              jnp.zeros([size], jnp.float32), jnp.zeros([], jnp.float32))
 
   def update(grads, state, params):
-    layout = flat_layout(params, decay_mask)
-    g = ravel(layout, grads)
+    g, _ = ravel_pytree(grads)
     norm = global_norm(grads, g)
     g = g * jnp.minimum(1.0, max_norm / (norm + 1e-6))
     count = state.count + 1
@@ -109,21 +74,11 @@ def clipped_adamw(learning_rate: optax.Schedule, b1: float, b2: float, eps: floa
         p_new = p_new - lr * weight_decay * p_new
       return p_new - p
 
-    updates = [step(p, m, v, d) for p, m, v, d in zip(
-        jax.tree_util.tree_leaves(params), leaf_slices(layout, mu), leaf_slices(layout, nu),
-        layout.decayed)]
-    return (jax.tree_util.tree_unflatten(layout.treedef, updates),
-            ClippedAdamWState(count, mu, nu, norm))
+    _, unravel = ravel_pytree(params)  # flat vector -> pytree of the parameters' shapes
+    updates = jax.tree_util.tree_map(step, params, unravel(mu), unravel(nu), decay_mask(params))
+    return updates, ClippedAdamWState(count, mu, nu, norm)
 
   return optax.GradientTransformation(init, update)
-
-
-def flat_state_from_tree(count, mu, nu, params) -> ClippedAdamWState:
-  """The flat state equal to a per-parameter AdamW state (step count, moment pytrees shaped like
-  params), e.g. the HFAdamWState of checkpoints written before the flat layout."""
-  layout = flat_layout(params, decay_mask)
-  return ClippedAdamWState(jnp.asarray(count, jnp.int32), ravel(layout, mu), ravel(layout, nu),
-                           jnp.zeros([], jnp.float32))
 
 
 def last_grad_norm(opt_state) -> jax.Array:

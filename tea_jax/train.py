@@ -27,20 +27,19 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import (checkpointing, compilation_cache, config_checks, evaluate, files, inference,
-                     losses, optim)
+from tea_jax import (checkpointing, compilation_cache, config_checks, evaluate, inference, losses,
+                     optim, workdir as workdir_files)
 from tea_jax.data.prefetch import prefetch_to_device
-from tea_jax.data.schema import data_path
-from tea_jax.errors import CheckpointError, InputError, UserError
+from tea_jax.data.schema import records_dir
+from tea_jax.errors import InputError, UserError
 from tea_jax.mesh import initialize_distributed, is_primary, make_mesh
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
-from tea_jax.workdir import locked
 
 if TYPE_CHECKING:
   from tea_jax.data.input_pipeline import Records
 
-log = logging.getLogger("tea_jax")
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(UserError, FloatingPointError):
@@ -87,7 +86,7 @@ def with_data_sizes(config: ml_collections.ConfigDict, records: Records
 
 def init_state(config, records: Records, tx, rng: jax.Array) -> tuple[dict, dict]:
   """(variables, train_state) of a fresh run: EMB init, the data's word vectors frozen."""
-  variables = inference.init_params(config, rng)
+  variables = inference.init_variables(config, rng)
   vectors = records.word_vectors()
   expected = variables["frozen"]["word_embedding"]["word_vectors"].shape
   if vectors.shape != expected:
@@ -133,15 +132,14 @@ def _prepare(config, workdir: str):
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   config_checks.check_experiment(config)
   checkpointing.check_layout(workdir)
-  records = Records(data_path(config.data, "records_dir"), config.data)
+  records = Records(records_dir(config.data), config.data)
   config = with_data_sizes(config, records)
   os.makedirs(workdir, exist_ok=True)
   compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
   if is_primary():
-    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    files.write_json(os.path.join(workdir, "vocab.json"),
-                     {"size": config.model.vocab_size, "pad_id": 0, "unk_id": 1,
-                      "words": records.vocabulary(), "source": records.records_dir})
+    workdir_files.write_config(workdir, config)
+    workdir_files.write_vocabulary(workdir, config.model.vocab_size, records.vocabulary(),
+                                   records.records_dir)
   steps_per_epoch = math.ceil(records.size(config.data.train_split) / config.batch_size)
   schedule = Schedule(steps_per_epoch, config.num_epochs, config.get("max_steps", 0))
   return config, records, schedule
@@ -151,38 +149,11 @@ def _restore_or_init(mngr, config, records: Records, tx, mesh):
   """The latest checkpoint's state, else a fresh one; committed and replicated over the mesh so
   that the jitted step compiles exactly once."""
   variables, train_state = init_state(config, records, tx, jax.random.key(config.seed))
-  restored = checkpointing.restore_latest_intact(mngr, variables, train_state,
-                                                convert=optimizer_state_from_older_layout)
+  restored = checkpointing.restore_latest_intact(mngr, variables, train_state)
   if restored is not None:
     variables, train_state = restored["variables"], restored["train_state"]
     log.info("resumed from step %d", int(train_state["step"]))
   return jax.device_put((variables, train_state), NamedSharding(mesh, P()))
-
-
-def optimizer_state_from_older_layout(saved: dict, variables: dict) -> dict:
-  """The training state of a checkpoint written before the optimizer's moments were flat (an
-  AdamW state with per-parameter `mu` and `nu` trees): the same moments in the flat layout."""
-  found = []
-
-  def search(node):
-    if isinstance(node, dict):
-      if {"count", "mu", "nu"} <= set(node):
-        found.append(node)
-      for child in node.values():
-        search(child)
-    elif isinstance(node, (list, tuple)):
-      for child in node:
-        search(child)
-
-  search(saved.get("opt_state"))
-  if len(found) != 1:
-    raise CheckpointError(
-        "the checkpoint's optimizer state has a layout this tea_jax cannot convert; evaluate and "
-        "predict still work on it, training must start in a new workdir")
-  adam = found[0]
-  opt_state = optim.flat_state_from_tree(adam["count"], adam["mu"], adam["nu"],
-                                         variables["params"])
-  return {"opt_state": opt_state, "step": saved["step"]}
 
 
 class _TrainLog:
@@ -280,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   best one on every configured split (metrics.json, predictions_<split>.jsonl). One run per
   workdir: a second one is refused while the first holds the workdir's lock."""
   initialize_distributed(config)  # first: process 0 alone takes the lock
-  with locked(workdir, "training") if is_primary() else contextlib.nullcontext():
+  with workdir_files.locked(workdir, "training") if is_primary() else contextlib.nullcontext():
     return _train_and_evaluate(config, workdir, progress)
 
 

@@ -1,9 +1,17 @@
-"""One run per workdir: an exclusive lock held for the whole run.
+"""A workdir's own files, written and read here only, and the lock that gives a run the workdir.
 
-The lock is `fcntl.flock` on `<workdir>/.lock`, which the kernel releases when the process ends,
-however it ends: a run killed with SIGKILL leaves the file behind but not the lock, and the next
-run takes it over (and says that the previous one did not finish cleanly). The file records who
-holds it, so a refused run can say which process is using the workdir.
+  config.json                the experiment config (ml_collections, as a dict)
+  vocab.json                 the vocabulary the embedding table implies
+  metrics.json               the final evaluation's metrics per split
+  predictions_<split>.jsonl  one evaluated pair per line
+  .lock                      the run's lock
+(checkpoints/ and damaged_checkpoints/ belong to tea_jax.checkpointing; tensorboard/ to clu).
+
+One run per workdir: the lock is `fcntl.flock` on `<workdir>/.lock`, which the kernel releases
+when the process ends, however it ends. The file records who holds it, so a refused run can say
+which process is using the workdir; a run that ends (normally or with an error) empties it, so
+only a killed run leaves a holder behind, and the next run takes it over with a warning that the
+previous one did not finish.
 """
 
 import contextlib
@@ -13,11 +21,88 @@ import logging
 import os
 import socket
 import time
+from typing import Any, Iterable
 
-from tea_jax.errors import CheckpointError
+import ml_collections
 
-log = logging.getLogger("tea_jax")
+from tea_jax import files
+from tea_jax.errors import CheckpointError, InputError
+
+log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+VOCAB_FILE = "vocab.json"
+METRICS_FILE = "metrics.json"
+PAD_ID, UNK_ID = 0, 1
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Saves the run's experiment config (the architecture a checkpoint was trained with)."""
+  files.write_json(os.path.join(workdir, CONFIG_FILE), config.to_dict())
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The experiment config saved in the workdir."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no {CONFIG_FILE} in workdir {workdir!r}: not a tea_jax workdir")
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def write_vocabulary(workdir: str, size: int, words: list[str] | None, source: str) -> None:
+  """Saves the vocabulary (id -> word, PAD 0 and UNK 1) that the embedding table implies; `words`
+  may be None for an imported checkpoint whose words are not known."""
+  files.write_json(os.path.join(workdir, VOCAB_FILE),
+                   {"size": size, "pad_id": PAD_ID, "unk_id": UNK_ID, "words": words,
+                    "source": source})
+
+
+def read_vocabulary(workdir: str) -> dict[str, int]:
+  """word -> id of the workdir's vocabulary."""
+  path = os.path.join(workdir, VOCAB_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no {VOCAB_FILE} in workdir {workdir!r}")
+  with open(path, encoding="utf-8") as f:
+    words = json.load(f).get("words")
+  if not words:
+    raise InputError(f"{path} has no vocabulary words (an EMB import needs "
+                     f"`python -m tea_jax.import_emb --words FILE`)")
+  return {w: i for i, w in enumerate(words)}
+
+
+def write_metrics(workdir: str, metrics: dict[str, Any]) -> None:
+  """Saves the final evaluation's metrics."""
+  files.write_json(os.path.join(workdir, METRICS_FILE), metrics)
+
+
+def read_metrics(workdir: str) -> dict[str, Any]:
+  """The final evaluation's metrics (metrics.json)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no {METRICS_FILE} in workdir {workdir!r}: the run has not finished "
+                            f"its final evaluation")
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def predictions_path(workdir: str, split: str) -> str:
+  """Where the evaluated pairs of `split` are written."""
+  return os.path.join(workdir, f"predictions_{split}.jsonl")
+
+
+def write_predictions(workdir: str, split: str, rows: Iterable[dict]) -> None:
+  """Saves one JSON line per evaluated pair of `split`."""
+  files.write_lines(predictions_path(workdir, split), rows)
+
+
+def read_predictions(workdir: str, split: str) -> list[dict]:
+  """The evaluated pairs of `split`, one dict per pair."""
+  path = predictions_path(workdir, split)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no predictions for split {split!r} in workdir {workdir!r}")
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 @contextlib.contextmanager
@@ -38,8 +123,10 @@ def locked(workdir: str, what: str = "run"):
                   "(%s)", workdir, previous)
     _write(fd, {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-    yield
-    os.ftruncate(fd, 0)  # a clean end leaves an empty file: nothing to take over
+    try:
+      yield
+    finally:
+      os.ftruncate(fd, 0)  # an ended run (even by an error) leaves nothing to take over
   finally:
     os.close(fd)  # releases the flock
 

@@ -57,8 +57,8 @@ def train_data_root(tmp_path_factory):
 
 def tiny_model_config(**overrides):
   """A small model config so that tests compile and run in seconds."""
-  from tea_jax.model.config import model_config
-  c = model_config()
+  from tea_jax.model.config import model_defaults
+  c = model_defaults()
   c.update(hidden=16, num_heads=2, video_dim=12, word_dim=6, narrative_dim=6, vocab_size=20,
            max_positions=64)
   c.update(overrides)

@@ -7,7 +7,8 @@ import sys
 import pytest
 from conftest import REPO, shared_path
 
-from data_prep.annotations import BadAnnotation, read_annotations
+from data_prep.annotations import read_annotations
+from tea_jax.errors import InputError
 
 # (file, videos in the file, records in the file, bad records, clipped moments or None).
 REAL = [
@@ -164,9 +165,9 @@ def test_every_bad_record_is_reported_with_file_and_line(bad_files):
   skipped = read_annotations(str(txt), str(durations), bad_records="skip")
   assert [p.source for p in skipped.pairs] == ["sta.txt:1", "sta.txt:7"]
   assert {b.source for b in skipped.bad} == set(reasons) and not any(b.kept for b in skipped.bad)
-  with pytest.raises(BadAnnotation, match="sta.txt:2"):
+  with pytest.raises(InputError, match="sta.txt:2"):
     read_annotations(str(txt), str(durations), strict=True)
-  with pytest.raises(BadAnnotation, match="sta.txt:2"):
+  with pytest.raises(InputError, match="sta.txt:2"):
     read_annotations(str(txt), str(durations), bad_records="fail")
   with pytest.raises(ValueError, match="unknown bad_records policy"):
     read_annotations(str(txt), str(durations), bad_records="keep")
@@ -184,7 +185,7 @@ def test_json_bad_records_name_the_video_key(bad_files):
 
 def test_charades_txt_without_durations_is_a_clear_error(bad_files):
   _, txt, _ = bad_files
-  with pytest.raises(BadAnnotation, match="--durations"):
+  with pytest.raises(InputError, match="--durations"):
     read_annotations(str(txt))
 
 
@@ -220,7 +221,7 @@ def test_undecodable_files_are_reported_not_tracebacks(tmp_path, bad_files):
   assert len(ann.pairs) == 1 and ann.bad[0].source == "latin1.txt:1"
   js = tmp_path / "bad.json"
   js.write_bytes(b'{"v": \xff}')
-  with pytest.raises(BadAnnotation, match="bad.json"):
+  with pytest.raises(InputError, match="bad.json"):
     read_annotations(str(js))
   proc = run_inspect(str(js))
   assert proc.returncode == 2 and "Traceback" not in proc.stderr

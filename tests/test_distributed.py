@@ -16,16 +16,16 @@ STEPS_SCRIPT = """
 import json, sys
 import jax, numpy as np
 from configs import demo
-from tea_jax import optim, train
+from tea_jax import config_checks, optim, train
 from tea_jax.data.input_pipeline import Records
 from tea_jax.data.prefetch import to_device
-from tea_jax.mesh import check_batch_size, make_mesh
-from tea_jax.data.schema import data_path
+from tea_jax.mesh import make_mesh
+from tea_jax.data.schema import records_dir
 config = demo.get_config(); config.unlock()
 config.data.root = sys.argv[1]
 config.model.update(hidden=16, num_heads=2, merge="none", paragraph_branch=False)
 config.batch_size = 8
-records = Records(data_path(config.data, "records_dir"), config.data)
+records = Records(records_dir(config.data), config.data)
 config = train.with_data_sizes(config, records)
 mesh = make_mesh()
 tx = optim.make_optimizer(config, 10)
@@ -38,7 +38,8 @@ for _ in range(2):
   variables, state, stats = step(variables, state, to_device(next(batches), mesh), np.float32(0.9))
   losses.append(float(stats["loss"]))
 try:
-  check_batch_size(3)
+  config.batch_size = 3
+  config_checks.check_experiment(config)
   error = None
 except ValueError as e:
   error = str(e)
@@ -60,7 +61,7 @@ def test_two_devices_give_the_same_losses_as_one(train_data_root):
   assert one["devices"] == 1 and two["devices"] == 2
   np.testing.assert_allclose(two["losses"], one["losses"], rtol=2e-5)
   assert one["error"] is None
-  assert "not a positive multiple of the 2 devices" in two["error"]
+  assert "must be a multiple of the 2 devices" in two["error"]
 
 
 TRAIN_SCRIPT = """

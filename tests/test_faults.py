@@ -20,7 +20,7 @@ from data_prep import synthetic
 from data_prep.build_records import build_records
 from tea_jax import checkpointing, cli, evaluate, train
 from tea_jax.data.input_pipeline import Records
-from tea_jax.data.schema import data_path
+from tea_jax.data.schema import records_dir
 from tea_jax.errors import CheckpointError, InputError, UserError
 from tea_jax.workdir import locked
 
@@ -60,7 +60,7 @@ def data_root(tmp_path_factory):
 def epoch(data_root) -> int:
   """Steps per epoch of the tiny config on the fault data."""
   config = tiny_config(data_root)
-  pairs = Records(data_path(config.data, "records_dir"), config.data).size("train")
+  pairs = Records(records_dir(config.data), config.data).size("train")
   return -(-pairs // config.batch_size)
 
 
@@ -145,6 +145,19 @@ def test_evaluating_a_damaged_checkpoint_is_one_line(data_root, tmp_path):
   with pytest.raises(CheckpointError, match=f"checkpoints/{result['best']} cannot be read.*"
                                             f"--step N"):
     evaluate.evaluate_checkpoint(tiny_config(data_root), str(workdir), progress=False)
+  # The command: that one line, exit status 2, and nothing after it (Orbax's abandoned reads of
+  # the other arrays used to print their tracebacks on the way out).
+  proc = subprocess.run(
+      [sys.executable, "-m", "tea_jax.main", "--config", "configs/demo.py", "--workdir",
+       str(workdir), "--mode", "eval", f"--config.data.root={data_root}",
+       "--config.eval_batch_size=8", "--config.data.eval_splits=('test',)"],
+      cwd=REPO, capture_output=True, text=True, check=False, timeout=600)
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert lines[-1].startswith(f"error: checkpoint {workdir}/checkpoints/{result['best']} cannot")
+  assert sum(line.startswith("error:") for line in lines) == 1
+  assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+  assert "See full TensorStore details" not in lines[-1]
 
 
 def test_a_damaged_checkpoint_metadata_file_is_one_line_and_set_aside_on_resume(data_root,
@@ -166,7 +179,7 @@ def test_a_damaged_checkpoint_metadata_file_is_one_line_and_set_aside_on_resume(
 
 
 def test_a_truncated_record_file_names_the_file(data_root, tmp_path):
-  records = Records(data_path(tiny_config(data_root).data, "records_dir"),
+  records = Records(records_dir(tiny_config(data_root).data),
                     tiny_config(data_root).data)
   shard = os.path.join(records.records_dir, records.meta["splits"]["train"]["shards"][0])
   copy = tmp_path / "records"

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from tea_jax import inference
-from tea_jax.apps import import_emb
+from tea_jax import import_emb, inference
 
 CASES = ("full", "padded", "long")
 INPUTS = ("video", "video_mask", "word_ids", "query_mask")

@@ -263,7 +263,7 @@ def tea_model():
   from conftest import random_batch, tiny_model_config
   from tea_jax import inference
   config = tiny_model_config(merge="concat", paragraph_branch=True)
-  params = inference.init_params(config, jax.random.key(0))
+  params = inference.init_variables(config, jax.random.key(0))
   batch = random_batch(np.random.default_rng(1), config, lengths=[10, 4], words=[3, 5])
   return ModelConfig.from_config(config), params, batch
 

@@ -19,6 +19,7 @@ from conftest import REPO, shared_path
 
 from data_prep.frames import UnreadableVideo, frames_at_fps
 from data_prep.testing.videos import frame_index, write_indexed_video
+from tea_jax.errors import InputError
 from tea_jax.i3d import convert, importer, recipe
 from tea_jax.i3d.extractor import Extractor
 from tea_jax.i3d.model import InceptionI3d, Unit3D
@@ -188,15 +189,15 @@ def test_missing_unknown_and_misshaped_keys_are_named():
   sd = random_state_dict()
   missing = dict(sd)
   del missing["Mixed_4d.b2a.bn.running_var"]
-  with pytest.raises(KeyError, match="Mixed_4d.b2a.bn.running_var"):
+  with pytest.raises(InputError, match="Mixed_4d.b2a.bn.running_var"):
     importer.convert_state_dict(missing)
-  with pytest.raises(KeyError, match="Mixed_4d.b9.conv3d.weight"):
+  with pytest.raises(InputError, match="Mixed_4d.b9.conv3d.weight"):
     importer.convert_state_dict({**sd, "Mixed_4d.b9.conv3d.weight": np.zeros(1, np.float32)})
   misshaped = dict(sd)
   misshaped["Conv3d_2b_1x1.conv3d.weight"] = np.zeros((64, 64, 1, 1, 3), np.float32)
   with pytest.raises(ValueError, match=r"Conv3d_2b_1x1.conv3d.weight.*\(64, 64, 1, 1, 1\)"):
     importer.convert_state_dict(misshaped)
-  with pytest.raises(KeyError, match=r"missing I3D key .logits\.conv3d\.weight"):
+  with pytest.raises(InputError, match=r"missing I3D key .logits\.conv3d\.weight"):
     importer.convert_state_dict({k: v for k, v in sd.items() if not k.startswith("logits.")})
 
 

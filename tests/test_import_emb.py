@@ -16,9 +16,10 @@ import torch
 from conftest import REPO
 
 from data_prep.annotations import read_durations
-from tea_jax import inference
-from tea_jax.apps import import_emb, predict
-from tea_jax.data.schema import data_path
+from tea_apps import predict
+from tea_jax import import_emb, inference
+from tea_jax.data.schema import records_dir
+from tea_jax.errors import InputError
 from tea_jax.model.bilstm import BiLSTM
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.embeddings import Projection
@@ -143,10 +144,10 @@ def test_missing_unknown_and_misshaped_keys_are_named():
   sd = random_state_dict()
   missing = dict(sd)
   del missing["encoder.s2s.layers.0.norm2.bias"]
-  with pytest.raises(KeyError, match="encoder.s2s.layers.0.norm2.bias"):
+  with pytest.raises(InputError, match="encoder.s2s.layers.0.norm2.bias"):
     import_emb.convert_state_dict(missing)
   unknown = dict(sd, **{"encoder.extra.weight": np.zeros(3, np.float32)})
-  with pytest.raises(KeyError, match="encoder.extra.weight"):
+  with pytest.raises(InputError, match="encoder.extra.weight"):
     import_emb.convert_state_dict(unknown)
   bad = dict(sd)
   bad["fuser1.cq_attention.cqa_linear.conv1d.weight"] = np.zeros((128, 500, 1), np.float32)
@@ -165,7 +166,7 @@ def test_command_line_import_round_trip(tmp_path):
                         check=False)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (workdir / "vocab.json").exists() and (workdir / "config.json").exists()
-  config, params = inference.load_params(str(workdir))
+  config, params = inference.load_variables(str(workdir))
   direct_config, direct = import_emb.load(str(ckpt))
   assert config.model.to_dict() == direct_config.model.to_dict()
   flat = jax.tree_util.tree_leaves_with_path(params)
@@ -186,7 +187,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 def test_main_eval_and_predict_on_an_imported_workdir(tmp_path, capsys):
   """import_emb -> `tea_jax.main --mode eval` on records of the same vocabulary, and
-  `tea_jax.predict` on the raw files of one test pair gives the moment evaluation gave."""
+  `tea_apps.predict` on the raw files of one test pair gives the moment evaluation gave."""
   from configs import demo
   from data_prep import synthetic
   from data_prep.build_records import build_records
@@ -203,7 +204,7 @@ def test_main_eval_and_predict_on_an_imported_workdir(tmp_path, capsys):
   ckpt = tmp_path / "model_best.pth.tar"
   torch.save({"state_dict": {k: torch.from_numpy(x) for k, x in sd.items()}}, ckpt)
   workdir = tmp_path / "emb"
-  words = json.loads((pathlib.Path(data_path(config.data, "records_dir")) / "vocab.json").read_text())
+  words = json.loads((pathlib.Path(records_dir(config.data)) / "vocab.json").read_text())
   (tmp_path / "words.txt").write_text("\n".join(words[2:]) + "\n")
   import_emb.write_workdir(str(ckpt), str(workdir), words_file=str(tmp_path / "words.txt"))
   proc = subprocess.run([sys.executable, "-m", "tea_jax.main", "--config", "configs/demo.py",

@@ -31,7 +31,7 @@ def one_step(config, batch):
   """(stats, new params, jaxpr text) of one training step from a fixed initialisation."""
   mesh = make_mesh()
   tx = optim.make_optimizer(config, 10)
-  variables = inference.init_params(config, jax.random.key(0))
+  variables = inference.init_variables(config, jax.random.key(0))
   state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
   step = train.make_train_step(config, tx, mesh)
   device_batch = to_device(batch, mesh)

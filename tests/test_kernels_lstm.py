@@ -15,6 +15,7 @@ from jax import export
 
 from tea_jax.model import bilstm, lstm_kernel
 from tea_jax.model.bilstm import BiLSTM
+from tea_jax.model.config import ModelConfig
 
 # pylint: disable=protected-access
 
@@ -108,8 +109,8 @@ def test_auto_is_the_kernel_on_gpus_only(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert bilstm.resolve_implementation("auto") == "pallas"
   assert bilstm.resolve_implementation("scan") == "scan"
-  with pytest.raises(ValueError, match="expected one of"):
-    bilstm.resolve_implementation("fused")
+  with pytest.raises(ValueError, match="config.model.lstm='fused': must be one of"):
+    ModelConfig(lstm="fused")
 
 
 def test_auto_falls_back_to_the_scan_where_the_kernels_do_not_compile(monkeypatch, caplog):

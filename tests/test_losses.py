@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from tea_jax import inference, losses
-from tea_jax.apps import import_emb
-
+from tea_jax import import_emb, inference, losses
 from tea_jax.model.config import ModelConfig
 from tea_jax.model.tea import TEA
 
@@ -144,7 +142,7 @@ def test_bce_has_finite_gradients_at_zero_and_one():
 
 def loss_cfg():
   import ml_collections
-  return ml_collections.ConfigDict({"loss": losses.loss_config().to_dict()})
+  return ml_collections.ConfigDict({"loss": losses.loss_defaults().to_dict()})
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from tea_jax import inference
 @pytest.fixture(scope="module")
 def emb():
   config = tiny_model_config()
-  return config, inference.init_params(config, jax.random.key(0))
+  return config, inference.init_variables(config, jax.random.key(0))
 
 
 def pad_batch(batch, length, words):
@@ -63,7 +63,7 @@ def test_dropout_only_in_training(emb, rng):
                                              ("attention", True), ("none", True)])
 def test_tea_variants(rng, merge, paragraph):
   config = tiny_model_config(merge=merge, paragraph_branch=paragraph, alpha=0.25)
-  params = inference.init_params(config, jax.random.key(0))
+  params = inference.init_variables(config, jax.random.key(0))
   batch = random_batch(rng, config, lengths=[10, 4], words=[3, 5])
   out = inference.forward(config, params, batch)
   assert out["start_logits"].shape == (2, 10)

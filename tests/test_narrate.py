@@ -11,8 +11,8 @@ from data_prep.narration import cli, outputs, pipeline as narrate
 from data_prep.testing import random_mllm
 from data_prep.frames import UnreadableVideo, find_videos, sample_frames
 from data_prep.testing.videos import write_test_video
-from data_prep.narration.errors import BadInput
 from data_prep.narration.narrators import PAPER_PROMPT, Blip2Narrator, LlavaNarrator
+from tea_jax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +145,7 @@ def test_shards_cover_every_video_once_and_merge_checks(narrator, videos, tmp_pa
   every = good | {"broken", "empty"}
   # The two undecodable videos are recorded as failed by their shards: reported apart from
   # missing videos, and an error unless failures are allowed.
-  with pytest.raises(BadInput, match=r"2 videos failed .*broken: .*broken.mp4.*--allow-failures"):
+  with pytest.raises(InputError, match=r"2 videos failed .*broken: .*broken.mp4.*--allow-failures"):
     outputs.merge(paths, out, expected=every)
   assert not os.path.exists(out)
   merged = outputs.merge(paths, out, expected=every, allow_failures=True)
@@ -154,9 +154,9 @@ def test_shards_cover_every_video_once_and_merge_checks(narrator, videos, tmp_pa
   carried = [json.loads(l) for l in open(out + ".failures.jsonl", encoding="utf-8")]
   assert [f["video_id"] for f in carried] == ["broken", "empty"] and all(f["reason"]
                                                                          for f in carried)
-  with pytest.raises(BadInput, match=r"1 videos have no narration and no recorded failure.*v9"):
+  with pytest.raises(InputError, match=r"1 videos have no narration and no recorded failure.*v9"):
     outputs.merge(paths, out, expected=every | {"v9"}, allow_failures=True)
-  with pytest.raises(BadInput, match="more than one line"):
+  with pytest.raises(InputError, match="more than one line"):
     outputs.merge(paths + paths[:1], out)
 
 

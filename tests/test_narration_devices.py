@@ -9,10 +9,10 @@ import pytest
 
 from data_prep.frames import sample_frames
 from data_prep.narration import cli, devices, pipeline
-from data_prep.narration.errors import BadInput
 from data_prep.narration.narrators import LlavaNarrator
 from data_prep.testing import random_mllm
 from data_prep.testing.videos import write_test_video
+from tea_jax.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_a_worker_sees_only_its_gpu(monkeypatch):
 def test_parse_devices():
   assert devices.parse_devices("0,2") == ["cuda:0", "cuda:2"]
   assert devices.parse_devices("cpu,cpu") == ["cpu", "cpu"]
-  with pytest.raises(BadInput, match="names no device"):
+  with pytest.raises(InputError, match="names no device"):
     devices.parse_devices(",")
 
 

@@ -209,7 +209,7 @@ def test_a_failing_compiler_falls_back_to_eager_with_a_warning(caplog):
     raise RuntimeError("no compiler here")
 
   decoder = GreedyDecoder(model, MAX_NEW, compile=True, compile_backend=broken_backend)
-  with caplog.at_level(logging.WARNING, logger="narrate"):
+  with caplog.at_level(logging.WARNING, logger="data_prep"):
     assert torch.equal(decoder.generate(inputs), expected)
   assert decoder.compiled == 0 and "continuing without torch.compile" in caplog.text
   assert torch.equal(decoder.generate(inputs), expected)
@@ -233,7 +233,7 @@ def test_narrators_caption_alike_with_either_generation(narrator_class, kind):
 def test_options_the_decoder_does_not_apply_fall_back_to_generate(caplog):
   model, processor = random_mllm.build_llava("tiny")
   model.generation_config.repetition_penalty = 1.3
-  with caplog.at_level(logging.WARNING, logger="narrate"):
+  with caplog.at_level(logging.WARNING, logger="data_prep"):
     narrator = LlavaNarrator(None, "cpu", max_new_tokens=6, components=(model, processor))
   assert narrator.decoder is None and "repetition_penalty=1.3" in caplog.text
 

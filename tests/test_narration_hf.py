@@ -79,7 +79,7 @@ def test_other_families_decode_with_generate_after_one_warning(idefics_dir, vide
   frames = frames_of(videos / "v1.mp4")
   expected = HfNarrator(idefics_dir, "cpu", max_new_tokens=8).caption(frames)
   monkeypatch.setattr(generation, "DEFAULT_ADAPTER_FAMILIES", ("llava", "smolvlm"))
-  with caplog.at_level(logging.WARNING, logger="narrate"):
+  with caplog.at_level(logging.WARNING, logger="data_prep"):
     narrator = HfNarrator(idefics_dir, "cpu", max_new_tokens=8)
     assert narrator.decoder is None
     assert narrator.caption(frames) == expected and narrator.caption(frames[:1]) == expected[:1]

@@ -62,7 +62,7 @@ def test_bad_lines_anywhere_are_reported_dropped_and_redone(narrator, videos, tm
              "\udcff garbage",  # not even UTF-8 once written with surrogateescape
              by_id["v1"]]  # a second line for a finished video
   out.write_bytes("\n".join(damaged).encode("utf-8", "surrogateescape") + b"\n")
-  with caplog.at_level(logging.WARNING, logger="narrate"):
+  with caplog.at_level(logging.WARNING, logger="data_prep"):
     summary = pipeline.narrate(narrator, selected, str(out), batch_size=4, progress=False)
   for number in (2, 3, 4, 5):
     assert f"{out}:{number}:" in caplog.text

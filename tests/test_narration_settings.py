@@ -207,7 +207,7 @@ def test_captions_at_the_cap_are_counted_and_reported(tmp_path, caplog):
     if 0 < expected < len(frames):
       break
   assert 0 < expected < len(frames)
-  with caplog.at_level(logging.INFO, logger="narrate"):
+  with caplog.at_level(logging.INFO, logger="data_prep"):
     summary = pipeline.narrate(narrator, sorted(paths.items()), str(tmp_path / "n.jsonl"),
                                batch_size=4, progress=False)
   assert summary["captions_at_cap"] == expected and summary["max_new_tokens"] == 5

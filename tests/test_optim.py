@@ -3,6 +3,7 @@
 import jax
 import ml_collections
 import numpy as np
+import optax
 from conftest import tiny_model_config
 
 from tea_jax import inference, optim
@@ -56,7 +57,7 @@ def test_updates_match_numpy_transcription(rng):
 
 def test_weight_decay_groups_follow_emb_names():
   c = tiny_model_config(merge="concat", paragraph_branch=True)
-  mask = optim.decay_mask(inference.init_params(c, jax.random.key(0))["params"])
+  mask = optim.decay_mask(inference.init_variables(c, jax.random.key(0))["params"])
   flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mask)}
 
   def get(*path):
@@ -83,18 +84,20 @@ def test_learning_rate_decays_linearly_to_zero():
                              [5e-4, 2.5e-4, 5e-5, 0.0], rtol=1e-6)
 
 
-def test_flat_layout_follows_the_pytree_and_slices_back(rng):
+def test_moments_are_flat_vectors_in_pytree_order(rng):
   params = {"a": {"bias": rng.normal(size=(3,)).astype(np.float32),
                   "kernel": rng.normal(size=(2, 3)).astype(np.float32)},
             "b": {"kernel": rng.normal(size=(4,)).astype(np.float32)}}
-  layout = optim.flat_layout(params, optim.decay_mask)
-  flat = np.asarray(optim.ravel(layout, params))
-  assert layout.size == 13 and layout.decayed == (False, True, True)
-  np.testing.assert_array_equal(flat, np.concatenate(
-      [params["a"]["bias"], params["a"]["kernel"].ravel(), params["b"]["kernel"]]))
-  pieces = optim.leaf_slices(layout, jax.numpy.asarray(flat))
-  for piece, leaf in zip(pieces, jax.tree_util.tree_leaves(params)):
-    np.testing.assert_array_equal(piece, leaf)
+  grads = jax.tree_util.tree_map(lambda x: 1e-3 * x, params)  # norm < 1: not clipped
+  tx = optim.clipped_adamw(optax.constant_schedule(1e-3), 0.9, 0.999, 1e-6, 0.01, 1.0,
+                           optim.decay_mask)
+  state = tx.init(params)
+  assert state.mu.shape == (13,)
+  _, state = tx.update(grads, state, params)
+  # First moments after one update: (1 - b1) g, leaves in pytree order (a/bias, a/kernel, b).
+  expected = 0.1 * np.concatenate([grads["a"]["bias"], grads["a"]["kernel"].ravel(),
+                                   grads["b"]["kernel"]])
+  np.testing.assert_allclose(np.asarray(state.mu), expected, rtol=1e-6)
 
 
 def test_state_keeps_the_unclipped_gradient_norm(rng):
@@ -125,15 +128,3 @@ def test_accelerator_path_reduces_the_flat_vector_once(rng, monkeypatch):
   expected = numpy_steps(params, grads_seq, {"kernel": True, "bias": False}, 5e-4, 4)
   for name in params:
     np.testing.assert_allclose(np.asarray(p[name]), expected[name], rtol=1e-6, atol=1e-7)
-
-
-def test_state_of_per_parameter_moments_converts_to_the_flat_layout(rng):
-  params = {"kernel": rng.normal(size=(3, 4)).astype(np.float32),
-            "bias": rng.normal(size=(4,)).astype(np.float32)}
-  mu = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
-  nu = {k: rng.random(size=v.shape).astype(np.float32) for k, v in params.items()}
-  state = optim.flat_state_from_tree(7, mu, nu, params)
-  assert int(state.count) == 7
-  # Pytree order: "bias" before "kernel".
-  np.testing.assert_array_equal(state.mu, np.concatenate([mu["bias"], mu["kernel"].ravel()]))
-  np.testing.assert_array_equal(state.nu, np.concatenate([nu["bias"], nu["kernel"].ravel()]))

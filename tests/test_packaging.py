@@ -3,7 +3,11 @@ version, pyproject's dependencies satisfied by the lock, every console command i
 
 import importlib
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+
 
 from conftest import REPO
 from packaging.requirements import Requirement
@@ -37,18 +41,62 @@ def test_cuda_plugin_matches_the_pinned_jax():
   assert not set(cuda) & set(lock)  # the CUDA file only adds
 
 
+def project() -> dict:
+  return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
 def test_pyproject_dependencies_are_satisfied_by_the_lock():
-  project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
   lock = pins("requirements.txt")
-  for spec in project["dependencies"]:
+  specs = list(project()["dependencies"])
+  for extra, listed in project()["optional-dependencies"].items():
+    if extra != "cuda":  # requirements-cuda.txt pins it
+      specs += [s for s in listed if Requirement(s).name != "tea_jax"]
+  for spec in specs:
     requirement = Requirement(spec)
     name = requirement.name.lower().replace("_", "-")
     assert name in lock, f"{spec} is not in requirements.txt"
     assert requirement.specifier.contains(lock[name]), f"{spec} vs {name}=={lock[name]}"
 
 
+def test_the_library_needs_no_pytorch():
+  # torch, transformers and PyAV are the offline side's (the `prep` extra), not the library's.
+  names = {Requirement(s).name.lower() for s in project()["dependencies"]}
+  assert not names & {"torch", "transformers", "av", "nltk", "matplotlib"}
+  assert {"torch", "transformers", "av"} <= {
+      Requirement(s).name.lower() for s in project()["optional-dependencies"]["prep"]}
+
+
+def test_the_library_imports_in_a_fresh_virtualenv_without_pytorch(tmp_path):
+  # `pip install --no-deps .` plus the library's dependencies pinned as the lock pins them (and
+  # whatever they pull in, held to the lock): the training and evaluation modules import, and
+  # neither PyTorch nor transformers is there.
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+  python = str(venv / "bin" / "python")
+  pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+  lock = pins("requirements.txt")
+  library = [f"{Requirement(s).name}=={lock[Requirement(s).name.lower().replace('_', '-')]}"
+             for s in project()["dependencies"]]
+  source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+  source.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(REPO / name, source / name)
+  for name in ("tea_jax", "data_prep", "tea_apps", "configs"):
+    shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+  subprocess.run(pip + ["--no-deps", str(source)], check=True, cwd=tmp_path)
+  subprocess.run(pip + ["-c", str(REPO / "requirements.txt")] + library, check=True, cwd=tmp_path)
+  code = ("import importlib.util, tea_jax.main, tea_jax.train, tea_jax.evaluate, "
+          "tea_jax.inference, tea_jax.import_emb\n"
+          "assert tea_jax.__file__.startswith(sys.prefix), tea_jax.__file__\n"
+          "print([m for m in ('torch', 'transformers', 'av') if importlib.util.find_spec(m)])")
+  proc = subprocess.run([python, "-c", "import sys\n" + code], cwd=tmp_path,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip() == "[]"
+
+
 def test_console_commands_point_at_callables():
-  scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+  scripts = project()["scripts"]
   for command, target in scripts.items():
     module, function = target.split(":")
     assert callable(getattr(importlib.import_module(module), function)), command

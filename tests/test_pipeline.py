@@ -10,15 +10,15 @@ from conftest import REPO
 
 from configs import demo
 from data_prep import synthetic
-from data_prep.annotations import BadAnnotation
-from data_prep.build_records import BuildError, build_records
+from data_prep.build_records import build_records
 from data_prep.features import reduce_snippets
 from tea_jax.data.input_pipeline import Records
-from tea_jax.data.schema import data_path
+from tea_jax.data.schema import records_dir
+from tea_jax.errors import InputError
 
 
 def records_of(config):
-  return data_path(config.data, "records_dir")
+  return records_dir(config.data)
 
 
 def small_config(root, **data):
@@ -147,7 +147,7 @@ def test_missing_video_features_are_reported_and_skipped(built, tmp_path):
   assert victim in meta["missing_videos"]
   assert meta["splits"]["test"]["skipped"] > 0
   assert meta["splits"]["test"]["pairs"] + meta["splits"]["test"]["skipped"] == counts["test"]
-  with pytest.raises(BuildError, match=victim):
+  with pytest.raises(InputError, match=victim):
     build_records(small_config(copy, strict=True), progress=False)
 
 
@@ -227,9 +227,9 @@ def test_reference_records_keep_what_emb_keeps(tmp_path):
   skipped = build_records(small_config(tmp_path, bad_records="skip"), progress=False)
   assert skipped["splits"]["test"]["pairs"] == counts["test"]
   assert skipped["bad_records"] == {"policy": "skip", "kept": 0, "skipped": 2}
-  with pytest.raises(BadAnnotation, match="charades_sta_test.txt"):
+  with pytest.raises(InputError, match="charades_sta_test.txt"):
     build_records(small_config(tmp_path, bad_records="fail"), progress=False)
-  with pytest.raises(BadAnnotation, match="charades_sta_test.txt"):
+  with pytest.raises(InputError, match="charades_sta_test.txt"):
     build_records(small_config(tmp_path, strict=True), progress=False)
 
 

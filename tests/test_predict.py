@@ -1,4 +1,4 @@
-"""tea_jax.predict on raw files must give what evaluation on the built records gives."""
+"""tea_apps.predict on raw files must give what evaluation on the built records gives."""
 
 import json
 
@@ -8,8 +8,8 @@ from configs import demo
 from data_prep import synthetic
 from data_prep.annotations import read_durations
 from data_prep.build_records import build_records
+from tea_apps import predict
 from tea_jax import evaluate, train
-from tea_jax.apps import predict
 
 
 @pytest.fixture(scope="module")

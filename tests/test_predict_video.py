@@ -1,4 +1,4 @@
-"""`python -m tea_jax.predict --video`: a generated mp4 through random I3D weights in the public
+"""`python -m tea_apps.predict --video`: a generated mp4 through random I3D weights in the public
 layout, a tiny random LLaVA, generated GloVe and a TEA model trained for one step on I3D-width
 synthetic features; the benchmark-pair mode; an imported EMB workdir; the cache; the plot.
 
@@ -32,9 +32,9 @@ from data_prep.build_records import build_records
 from data_prep.frames import sample_frames
 from data_prep.narration import narrators
 from data_prep.testing.videos import write_moving_video
-from tea_jax import evaluate, train
-from tea_jax.apps import import_emb, predict, video_inputs
-from tea_jax.data.schema import data_path
+from tea_apps import predict, video_inputs
+from tea_jax import evaluate, import_emb, train
+from tea_jax.data.schema import records_dir
 from tea_jax.i3d import extractor as i3d_extractor
 from tea_jax.i3d import recipe
 
@@ -251,7 +251,7 @@ def emb_workdir(world):
   """An EMB checkpoint in EMB's own layout (random weights), imported with the TEA run's
   vocabulary."""
   root = world["root"]
-  records = pathlib.Path(data_path(world["config"].data, "records_dir"))
+  records = pathlib.Path(records_dir(world["config"].data))
   words = json.loads((records / "vocab.json").read_text())
   sd = random_state_dict(seed=5)
   sd["embedding_net.word_emb.glove_vec"] = np.random.default_rng(0).normal(
@@ -347,7 +347,7 @@ importlib_spec = predict.importlib.util.find_spec
 
 
 def test_predict_imports_matplotlib_only_to_plot(monkeypatch, capsys):
-  code = ("import sys, tea_jax.apps.predict; "
+  code = ("import sys, tea_apps.predict; "
           "assert 'matplotlib' not in sys.modules, 'imported at module level'")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                         check=False)

@@ -5,8 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from typing import NamedTuple
 
 import jax
@@ -17,6 +15,7 @@ from conftest import REPO, tiny_train_config
 
 from tea_jax import checkpointing, evaluate, train
 from tea_jax.data.prefetch import prefetch_to_device
+from tea_jax.errors import CheckpointError
 from tea_jax.mesh import make_mesh
 
 
@@ -67,19 +66,15 @@ def test_resume_after_interruption_is_bit_identical(train_data_root, tmp_path, c
   write_older_optimizer_layout(older, 3)
   with caplog.at_level("WARNING", logger="tea_jax"):
     resumed = train.train_and_evaluate(tiny_train_config(root), str(interrupted), progress=False)
-  assert "older layout" not in caplog.text  # a checkpoint of the current layout is not converted
+  assert "cannot be read" not in caplog.text  # nothing set aside
   assert resumed["step"] == total
   for a, b in zip(final_params(str(straight)), final_params(str(interrupted)), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # A checkpoint whose optimizer state has the per-parameter layout of older tea_jax versions is
-  # converted, not set aside as damaged, and training goes on exactly as from the flat one.
-  with caplog.at_level("WARNING", logger="tea_jax"):
-    assert train.train_and_evaluate(tiny_train_config(root), str(older),
-                                    progress=False)["step"] == total
-  assert "training state of an older layout, converted" in caplog.text
+  # A checkpoint whose optimizer state has the per-parameter layout of an older tea_jax is refused
+  # in one line (retrain), not set aside as damaged.
+  with pytest.raises(CheckpointError, match="written by an older tea_jax.*train into a new"):
+    train.train_and_evaluate(tiny_train_config(root), str(older), progress=False)
   assert not (older / checkpointing.DAMAGED_DIR).exists()
-  for a, b in zip(final_params(str(straight)), final_params(str(older)), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Outputs of a finished run.
   metrics = json.loads((straight / "metrics.json").read_text())
   assert set(metrics["splits"]) == {"test"} and "selection" in metrics
@@ -121,10 +116,8 @@ def test_prefetch_to_device_keeps_order_raises_reader_errors_and_stops():
     yield host[0]
     raise OSError("shard-00003 is truncated")
 
-  prefetched = prefetch_to_device(broken(), mesh)
-  assert float(next(prefetched)["valid"][0]) == 0
   with pytest.raises(OSError, match="shard-00003"):
-    next(prefetched)
+    list(prefetch_to_device(broken(), mesh))
 
   pulled = []
 
@@ -135,13 +128,9 @@ def test_prefetch_to_device_keeps_order_raises_reader_errors_and_stops():
 
   prefetched = prefetch_to_device(endless(), mesh, size=2)
   next(prefetched)
-  prefetched.close()  # returns once the reader thread has ended
-  alive = [t for t in threading.enumerate() if t.name == "prefetch-to-device" and t.is_alive()]
-  count = len(pulled)
-  assert count <= 5  # the reader stopped a bounded distance ahead
-  time.sleep(0.3)
-  assert len(pulled) == count
-  assert not alive  # and its thread ended
+  assert len(pulled) == 3  # the batch handed out and two copied ahead
+  prefetched.close()
+  assert len(pulled) == 3  # closed: nothing more is read
 
 
 def test_the_step_and_its_benchmarks_import_without_tensorflow_or_pyav():

@@ -13,6 +13,8 @@ from conftest import shared_path
 
 from data_prep import build_records as br
 from data_prep import text
+from tea_jax import config_checks
+from tea_jax.errors import ConfigError
 
 # Benchmark config -> (folder under shared/data/annotations, splits in EMB's order: train, val,
 # test). EMB's own processors exist for Charades-STA and ActivityNet Captions; the CD and CG
@@ -109,5 +111,5 @@ def test_split_order_is_declared_train_first_and_checked():
   config.data.split_order = ("novel_word", "train", "test_trivial", "novel_composition")
   assert br.split_order(config.data)[:2] == ["train", "novel_word"]
   config.data.split_order = ("train", "test_trivial")
-  with pytest.raises(br.BuildError, match="split_order"):
-    br.split_order(config.data)
+  with pytest.raises(ConfigError, match="split_order"):
+    config_checks.check_data(config.data)

@@ -33,7 +33,6 @@ import os
 import sys
 
 from data_prep.frames import find_videos
-from data_prep.narration.errors import BadInput
 from data_prep.narration.outputs import merge
 from data_prep.narration.pipeline import (check_settings, narrate, read_video_ids, resume_point,
                                           select_videos, shard_path)
@@ -93,9 +92,9 @@ def _batch_size(value: str) -> int | None:
   try:
     size = int(value)
   except ValueError:
-    raise BadInput(f"--batch-size must be a number or auto, got {value!r}") from None
+    raise InputError(f"--batch-size must be a number or auto, got {value!r}") from None
   if size < 1:
-    raise BadInput(f"--batch-size must be at least 1, got {size}")
+    raise InputError(f"--batch-size must be at least 1, got {size}")
   return size
 
 
@@ -105,18 +104,18 @@ def _narrate_main(argv) -> int:
   batch_size = _batch_size(args.batch_size)
   check_settings(args.interval, batch_size, args.decode_workers)
   if args.max_new_tokens < 1:
-    raise BadInput(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
   check_choices(args.backend, args.preprocess, args.template)
   videos = select_videos(args.videos, args.video_ids, args.num_shards, args.shard_index)
   out = shard_path(args.out, args.num_shards, args.shard_index)
   if os.path.isdir(out):
-    raise BadInput(f"cannot write the output {out}: it is a folder")
+    raise InputError(f"cannot write the output {out}: it is a folder")
   narrator_kwargs = {"backend": args.backend, "model_dir": args.model, "dtype": args.dtype,
                      "max_new_tokens": args.max_new_tokens, "preprocess": args.preprocess,
                      "template": args.template, "fast": args.generation == "fast",
                      "compile": False if args.no_compile else None}
   if args.devices and args.device != "auto":
-    raise BadInput("give either --device (one device) or --devices (one worker per device)")
+    raise InputError("give either --device (one device) or --devices (one worker per device)")
   if args.devices:
     from data_prep.narration import devices  # pylint: disable=import-outside-toplevel
     summary = devices.narrate_on_devices(
@@ -153,7 +152,7 @@ def _merge_main(argv) -> int:
     try:
       expected = set(find_videos(args.videos))
     except FileNotFoundError as e:
-      raise BadInput(str(e)) from None
+      raise InputError(str(e)) from None
   print(json.dumps(merge(args.shards, args.out, expected, args.allow_failures), indent=1))
   return 0
 
@@ -168,6 +167,6 @@ def main(argv=None) -> int:
   is_merge = bool(argv) and argv[0] == "merge"
   try:
     return _merge_main(argv[1:]) if is_merge else _narrate_main(argv)
-  except InputError as e:  # data_prep.narration.errors.BadInput is one too
+  except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1 if is_merge else 2

@@ -16,7 +16,6 @@ import traceback
 
 from tqdm import tqdm
 
-from data_prep.narration.errors import BadInput
 from data_prep.narration.outputs import SettingsSeen, failures_path, finished_videos, merge
 from data_prep.narration.pipeline import expected_frames, narrate, run_settings
 from data_prep.narration.settings import narrator_settings
@@ -29,12 +28,12 @@ def parse_devices(spec: str) -> list[str]:
   if spec == "all":
     count = torch.cuda.device_count()
     if count == 0:
-      raise BadInput("--devices all was asked for but no CUDA device is visible")
+      raise InputError("--devices all was asked for but no CUDA device is visible")
     return [f"cuda:{k}" for k in range(count)]
   devices = [d.strip() for d in spec.split(",") if d.strip()]
   devices = [f"cuda:{d}" if d.isdigit() else d for d in devices]
   if not devices:
-    raise BadInput(f"--devices {spec!r} names no device")
+    raise InputError(f"--devices {spec!r} names no device")
   return devices
 
 
@@ -157,7 +156,7 @@ def _run_workers(narrator_kwargs, devices, shares, parts, settings, total, progr
   if errors:
     text = "\n".join(errors[k][1] for k in sorted(errors))
     if all(kind == "bad input" for kind, _ in errors.values()):
-      raise BadInput(text)
+      raise InputError(text)
     raise RuntimeError("narration workers failed (their part files are kept; run the command "
                        "again to resume):\n" + text)
   return [summaries[k] for k in sorted(summaries)]

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-log = logging.getLogger("narrate")
+log = logging.getLogger(__name__)
 
 # Generation-config fields whose non-neutral values add logits processors this loop does not apply.
 _NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (None, 1.0),

@@ -19,14 +19,13 @@ from transformers import (AutoModelForImageTextToText, BatchFeature, Blip2ForCon
                           LlavaForConditionalGeneration)
 
 from data_prep.narration import generation
-from data_prep.narration.errors import BadInput
 from data_prep.narration.preprocess import mean_colour, pad_to_square
 from data_prep.narration.settings import (DEFAULT_MAX_NEW_TOKENS, check_choices, load_processor,
                                           narration_settings)
 from data_prep.narration.settings import PAPER_PROMPT  # noqa: F401  (its older home)
 from tea_jax.errors import InputError
 
-log = logging.getLogger("narrate")
+log = logging.getLogger(__name__)
 
 
 def normalise_whitespace(text: str) -> str:
@@ -39,12 +38,12 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
   if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
   if device.startswith("cuda") and not torch.cuda.is_available():
-    raise BadInput(f"--device {device} was asked for but no CUDA device is available")
+    raise InputError(f"--device {device} was asked for but no CUDA device is available")
   if dtype == "auto":
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
   dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
   if dtype not in dtypes:
-    raise BadInput(f"unknown dtype {dtype!r}: expected one of {sorted(dtypes)} or auto")
+    raise InputError(f"unknown dtype {dtype!r}: expected one of {sorted(dtypes)} or auto")
   return torch.device(device), dtypes[dtype]
 
 

@@ -11,12 +11,12 @@ import json
 import logging
 import os
 
-from data_prep.narration.errors import BadInput
 from data_prep.narration.settings import describe_difference, line_settings
 from tea_jax.errors import InputError
 from tea_jax.files import atomic_write
+from tea_jax.errors import InputError
 
-log = logging.getLogger("narrate")
+log = logging.getLogger(__name__)
 
 # How many bad lines a warning or an error message lists before it only counts the rest.
 _LISTED = 10
@@ -173,7 +173,7 @@ class LineWriter:
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self.f = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     except OSError as e:
-      raise BadInput(f"cannot write the output {path}: {e}") from e
+      raise InputError(f"cannot write the output {path}: {e}") from e
 
   def write(self, record: dict) -> None:
     """Appends `record` as one line, on disk when this returns."""
@@ -190,14 +190,14 @@ def _read_shard(shard: str, records: dict, origin: dict, duplicates: list,
   """Adds a shard's lines to `records` {video_id: line}, their settings to `seen`; a malformed line
   is an error."""
   if not os.path.isfile(shard):
-    raise BadInput(f"shard output not found: {shard}")
+    raise InputError(f"shard output not found: {shard}")
   with open(shard, "rb") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
       vid, problem, record = parse_line(line)
       if problem is not None:
-        raise BadInput(f"{shard}:{number}: not a narration line ({problem}); run the shard's "
+        raise InputError(f"{shard}:{number}: not a narration line ({problem}); run the shard's "
                        f"narrate command again to repair it")
       seen.add(record, f"{shard}:{number}")
       if vid in records:
@@ -218,7 +218,7 @@ def merge(shards: list[str], out: str, expected: set[str] | None = None,
     _read_shard(shard, records, origin, duplicates, seen)
   seen.check_one("merge the shards")
   if duplicates:
-    raise BadInput(f"{len(duplicates)} videos appear in more than one line: {duplicates[:5]}")
+    raise InputError(f"{len(duplicates)} videos appear in more than one line: {duplicates[:5]}")
   failed = {}
   for shard in shards:
     failed.update(read_failures(failures_path(shard)))
@@ -233,7 +233,7 @@ def merge(shards: list[str], out: str, expected: set[str] | None = None,
     problems.append(f"{len(failed)} videos failed (recorded in the shards' failures files): "
                     f"{_listing(listed)}; pass --allow-failures to merge without them")
   if problems:
-    raise BadInput("; ".join(problems))
+    raise InputError("; ".join(problems))
   atomic_write(out, lambda f: f.writelines(records[vid] for vid in sorted(records)))
   FailureLog(failures_path(out)).replace(failed)
   return {"out": out, "videos": len(records), "failed": len(failed), "shards": len(shards)}

@@ -21,12 +21,12 @@ import time
 from tqdm import tqdm
 
 from data_prep.frames import UnreadableVideo, duration_seconds, find_videos, sample_frames
-from data_prep.narration.errors import BadInput
 from data_prep.narration.outputs import (FailureLog, LineWriter, SettingsSeen, failures_path,
                                          finished_videos)
 from data_prep.narration.settings import line_settings
+from tea_jax.errors import InputError
 
-log = logging.getLogger("narrate")
+log = logging.getLogger(__name__)
 
 
 def select_videos(videos_dir: str, video_ids_file: str | None = None, num_shards: int = 1,
@@ -34,16 +34,16 @@ def select_videos(videos_dir: str, video_ids_file: str | None = None, num_shards
   """(video_id, path) of this shard: the folder's videos (or the listed subset), sorted by id,
   every num_shards-th starting at shard_index."""
   if num_shards < 1 or not 0 <= shard_index < num_shards:
-    raise BadInput(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
+    raise InputError(f"--shard-index {shard_index} must be in [0, --num-shards {num_shards})")
   try:
     found = find_videos(videos_dir)
   except FileNotFoundError as e:
-    raise BadInput(str(e)) from None
+    raise InputError(str(e)) from None
   if video_ids_file:
     wanted = read_video_ids(video_ids_file)
     missing = [v for v in wanted if v not in found]
     if missing:
-      raise BadInput(f"{len(missing)} videos of {video_ids_file} are not in {videos_dir}, e.g. "
+      raise InputError(f"{len(missing)} videos of {video_ids_file} are not in {videos_dir}, e.g. "
                      f"{missing[:5]}")
     ids = sorted(set(wanted))
   else:
@@ -57,7 +57,7 @@ def read_video_ids(path: str) -> list[str]:
     with open(path, encoding="utf-8") as f:
       return [line.strip() for line in f if line.strip()]
   except OSError as e:
-    raise BadInput(f"cannot read the video id list {path}: {e}") from None
+    raise InputError(f"cannot read the video id list {path}: {e}") from None
 
 
 def shard_path(out: str, num_shards: int, shard_index: int) -> str:
@@ -222,13 +222,13 @@ class VideoWriter:
 
 
 def check_settings(interval: float, batch_size: int | None, decode_workers: int) -> None:
-  """Bad settings are BadInput (checked before a model is loaded)."""
+  """Bad settings are InputError (checked before a model is loaded)."""
   if not interval > 0:
-    raise BadInput(f"--interval must be positive, got {interval}")
+    raise InputError(f"--interval must be positive, got {interval}")
   if batch_size is not None and batch_size < 1:
-    raise BadInput(f"--batch-size must be at least 1, got {batch_size}")
+    raise InputError(f"--batch-size must be at least 1, got {batch_size}")
   if decode_workers < 1:
-    raise BadInput(f"--decode-workers must be at least 1, got {decode_workers}")
+    raise InputError(f"--decode-workers must be at least 1, got {decode_workers}")
 
 
 def run_settings(settings, interval: float) -> dict:
@@ -325,9 +325,3 @@ def _batch_frames(source: FrameSource, writer: VideoWriter, captioner: Captioner
   report(captioner.drain())
   writer.flush()
 
-
-def main(argv=None) -> int:
-  """The narrate command (data_prep/narration/cli.py), also reachable here for the console entry
-  point `tea-narrate = data_prep.narration.pipeline:main`."""
-  from data_prep.narration import cli  # pylint: disable=import-outside-toplevel
-  return cli.main(argv)

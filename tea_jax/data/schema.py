@@ -24,6 +24,11 @@ def data_path(data_config, name: str) -> str:
   return path if not path or os.path.isabs(path) else os.path.join(data_config.root, path)
 
 
+def records_dir(data_config) -> str:
+  """The records folder of a config's data section (data.records_dir under data.root)."""
+  return data_path(data_config, "records_dir")
+
+
 # Written to meta.json as "record_format"; the reader refuses record sets of another format.
 # /2: durations and moment times in float64 (the metrics compute in float64).
 RECORD_FORMAT = "video-with-queries/2"

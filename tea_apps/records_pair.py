@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from tea_jax.data.schema import data_path
+from tea_jax.data.schema import records_dir
 from tea_jax.errors import InputError
 
 
@@ -26,13 +26,13 @@ class Pair:
   narrative: np.ndarray
 
 
-def records_dir(config, workdir: str) -> str:
+def workdir_records(config, workdir: str) -> str:
   """The records folder of a workdir's config (config.json's data section)."""
   data = config.get("data")
   if not data or not data.get("records_dir"):
     raise InputError(f"{workdir}/config.json has no data section (an imported EMB workdir?): "
                      f"--split/--pair-index read a trained workdir's records")
-  folder = data_path(data, "records_dir")
+  folder = records_dir(data)
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"records of {workdir} not found at {folder} (config.json's "
                             f"data.root {data.root!r}: run from the folder the run was started "
@@ -46,7 +46,7 @@ def read_pair(config, workdir: str, split: str, pair_index: int) -> Pair:
   import tensorflow as tf
   from tea_jax.data.input_pipeline import load_meta, split_files
   from tea_jax.data.schema import record_features
-  folder = records_dir(config, workdir)
+  folder = workdir_records(config, workdir)
   meta = load_meta(folder)
   files = split_files(folder, meta, split)
   schema = record_features(meta["video_dim"], meta["narrative_dim"])

@@ -1,13 +1,12 @@
 """The bundled demo: synthetic benchmark -> records -> train -> eval, for EMB and for TEA.
 
-    python -m tea_jax.demo [--config configs/demo.py] [--workdir runs/demo] [--config.num_epochs=N]
+    python -m tea_apps.demo [--config configs/demo.py] [--workdir runs/demo] [--config.num_epochs=N]
 
 Runs the same data_prep -> records -> train -> eval path as real data (configs/demo.py) twice: the
 baseline (EMB: merge none, no paragraph branch) and TEA (the config's merge + paragraph branch),
 then prints R1@0.5, R1@0.7 and mIoU per split for both and writes them to <workdir>/results.json.
 """
 
-import json
 import logging
 import os
 import sys
@@ -16,10 +15,13 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from tea_jax import cli
-from tea_jax.data.schema import data_path
+from data_prep import build_records, synthetic
+from tea_jax import cli, files, train
+from tea_jax.data.input_pipeline import load_meta
+from tea_jax.data.schema import records_dir
+from tea_jax.errors import ConfigError, InputError
 
-log = logging.getLogger("tea_jax")
+log = logging.getLogger(__name__)
 
 
 def prepare_data(config: ml_collections.ConfigDict) -> None:
@@ -27,9 +29,7 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
   missing or were written by an older record format."""
   videos = config.get("synthetic_videos", 0)
   if not videos:
-    raise ValueError("the demo needs a config with synthetic_videos (configs/demo.py)")
-  from data_prep import build_records, synthetic  # pylint: disable=import-outside-toplevel
-  from tea_jax.data.input_pipeline import load_meta  # pylint: disable=import-outside-toplevel
+    raise ConfigError("the demo needs a config with synthetic_videos (configs/demo.py)")
   data = config.data
   first_split = os.path.join(data.root, next(iter(data.splits.values())))
   if not os.path.isfile(first_split):
@@ -37,9 +37,9 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
     synthetic.generate(data.root, videos=videos, seed=config.seed,
                        video_dim=config.model.video_dim, word_dim=config.model.word_dim)
   try:
-    load_meta(data_path(data, "records_dir"))
-  except (FileNotFoundError, ValueError):  # missing, or written by an older tea_jax's format
-    log.info("building records in %s", data_path(data, "records_dir"))
+    load_meta(records_dir(data))
+  except (FileNotFoundError, InputError):  # missing, or of a record format this reader refuses
+    log.info("building records in %s", records_dir(data))
     build_records.build_records(config, progress=False)
 
 
@@ -68,40 +68,38 @@ def results_table(results: dict[str, dict], splits: list[str]) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  from tea_jax import train  # pylint: disable=import-outside-toplevel
   prepare_data(config)
   results = {}
   for name, variant in variants(config).items():
     log.info("training %s", name)
     out = train.train_and_evaluate(variant, os.path.join(workdir, name.lower()))
     if "metrics" not in out:
-      raise RuntimeError(f"{name} did not finish training")
+      raise ConfigError(f"{name} stopped at step {out['step']} before the end of its training "
+                        f"(config.max_steps={config.get('max_steps')}): the demo needs both runs "
+                        f"finished")
     results[name] = out["metrics"]
   table = results_table(results, list(config.data.eval_splits))
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"results": results, "table": table,
-               "note": f"best checkpoint selected on '{config.data.selection_split}'"}, f, indent=1)
+  files.write_json(os.path.join(workdir, "results.json"), {
+      "results": results, "table": table,
+      "note": f"best checkpoint selected on '{config.data.selection_split}'"})
   return {"results": results, "table": table}
 
 
 def main(argv):
   del argv
   cli.setup_logging()
-  try:
-    if flags.FLAGS.prepare_only:
-      prepare_data(flags.FLAGS.config)
-      print(f"synthetic benchmark and records in {flags.FLAGS.config.data.root}")
-      return
-    out = run(flags.FLAGS.config, flags.FLAGS.workdir)
-  except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
-    raise SystemExit(f"error: {e}") from None
+  if flags.FLAGS.prepare_only:
+    cli.run_reporting(lambda: prepare_data(flags.FLAGS.config))
+    print(f"synthetic benchmark and records in {flags.FLAGS.config.data.root}")
+    return
+  out = cli.run_reporting(lambda: run(flags.FLAGS.config, flags.FLAGS.workdir))
   print(f"\nDemo results (synthetic benchmark; best checkpoint selected on "
         f"'{flags.FLAGS.config.data.selection_split}'):\n")
   print(out["table"])
 
 
 def run_cli():
-  """`python -m tea_jax.demo`: flags are defined here, not at import, so that importing this module
+  """`python -m tea_apps.demo`: flags are defined here, not at import, so that importing this module
   never clashes with tea_jax.main's flags."""
   sys.modules["__main__"].__doc__ = __doc__  # absl's --help prints the __main__ module's docstring
   config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config.", lock_config=True)
@@ -109,3 +107,7 @@ def run_cli():
   flags.DEFINE_bool("prepare_only", False, "Only write the synthetic data and its records (then "
                     "`python -m tea_jax.main --config configs/demo.py` trains one model on them).")
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run_cli()

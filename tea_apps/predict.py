@@ -1,26 +1,26 @@
 """Ask a trained model which moments of a video match a sentence.
 
     # A video file: frames -> I3D features -> (TEA models) narration -> word vectors -> the model
-    python -m tea_jax.predict --workdir RUN --video my.mp4 --query "a person opens the door" \\
+    python -m tea_apps.predict --workdir RUN --video my.mp4 --query "a person opens the door" \\
         [--query ...] --i3d-weights rgb_charades.pt \\
         [--narrator-model llava-1.5-7b-hf --word-vectors glove.840B.300d.txt] [--cache DIR] \\
         [--top-k 5] [--plot out.png [--truth START END] [--compare-workdir RUN_EMB]]
     # Features already extracted (a .npy, a folder of <video_id>.npy or an HDF5 file)
-    python -m tea_jax.predict --workdir RUN --features data/charades_cd/features \\
+    python -m tea_apps.predict --workdir RUN --features data/charades_cd/features \\
         --video-id AO8RW --duration 33.67 --query "..." \\
         [--narratives data/charades_cd/narratives.jsonl --word-vectors glove.840B.300d.txt]
     # A benchmark pair of the workdir's records (config.json's data section), its truth drawn
-    python -m tea_jax.predict --workdir RUN --split test_ood --pair-index 17 --plot [PNG] \\
+    python -m tea_apps.predict --workdir RUN --split test_ood --pair-index 17 --plot [PNG] \\
         [--videos DIR] [--compare-workdir RUN_EMB]
 
 Inputs are prepared exactly as data_prep.build_records prepares the records, with the same
 functions: snippet features reduced to the workdir's max_snippets with its pooling, query tokens
 mapped through the workdir's vocabulary (unknown words -> UNK), and for TEA models the narratives
 embedded with the same word vectors and aligned to the snippets. A video file's I3D features and
-narration are cached (tea_jax/apps/video_inputs.py), so asking again costs one forward pass.
+narration are cached (tea_apps/video_inputs.py), so asking again costs one forward pass.
 Prints one JSON object per query: the best `--top-k` moments (start and end seconds, snippet
 indices, probability), best first, with the truth and the top moment's IoU when known. `--plot`
-draws the timeline of the answer (tea_jax/apps/timeline.py). A workdir written by
+draws the timeline of the answer (tea_apps/timeline.py). A workdir written by
 tea_jax.import_emb needs its vocabulary (`--words` at import).
 """
 
@@ -34,30 +34,15 @@ import sys
 import numpy as np
 
 from data_prep import glove
-from data_prep.features import FeatureSource, MissingFeatures, reduce_snippets
+from data_prep.features import FeatureSource, reduce_snippets
 from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
 from data_prep.text import tokenize, word_ids
+from tea_apps import records_pair, video_inputs
 from tea_jax import checkpointing, cli, inference, metrics
-from tea_jax.apps import records_pair, video_inputs
+from tea_jax import workdir as workdir_files
 from tea_jax.data.schema import data_path
-from tea_jax.errors import InputError, UserError
+from tea_jax.errors import InputError
 from tea_jax.model.config import ModelConfig
-
-UNKNOWN_VOCABULARY = "no vocabulary words"
-
-
-def read_vocabulary(workdir: str) -> dict[str, int]:
-  """word -> id of a workdir's vocab.json (trained or imported with --words)."""
-  path = os.path.join(workdir, "vocab.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"no vocab.json in workdir {workdir!r}")
-  with open(path, encoding="utf-8") as f:
-    vocab = json.load(f)
-  words = vocab.get("words") if isinstance(vocab, dict) else vocab
-  if not words:
-    raise InputError(f"{path} has {UNKNOWN_VOCABULARY} (an EMB import needs "
-                     f"`python -m tea_jax.import_emb --words FILE`)")
-  return {w: i for i, w in enumerate(words)}
 
 
 def load_features(path: str, video_id: str | None) -> np.ndarray:
@@ -160,7 +145,7 @@ def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, du
   """The best `top_k` moments of each query in a video of `duration` seconds, given its snippet
   features `video` (v_len, video_dim), already reduced as the records are, and, for TEA models,
   its aligned `narrative` (v_len, narrative_dim). `variables` as checkpointing.restore_variables
-  returns them, `vocabulary` as read_vocabulary does."""
+  returns them, `vocabulary` as tea_jax.workdir.read_vocabulary does."""
   if duration <= 0:
     raise InputError(f"duration must be positive, got {duration}")
   scores = score_queries(config, variables, vocabulary, video, queries, narrative)
@@ -186,7 +171,8 @@ class Model:
   @classmethod
   def read(cls, workdir: str, step: int | None = None) -> "Model":
     """The model of `workdir` (its config and vocabulary; variables not yet restored)."""
-    return cls(workdir, checkpointing.read_config(workdir), read_vocabulary(workdir), step)
+    return cls(workdir, workdir_files.read_config(workdir), workdir_files.read_vocabulary(workdir),
+               step)
 
   @property
   def uses_narrative(self) -> bool:
@@ -224,7 +210,7 @@ class Source:
 
 def parse_args(argv):
   """The command's flags."""
-  parser = argparse.ArgumentParser(prog="python -m tea_jax.predict",
+  parser = argparse.ArgumentParser(prog="python -m tea_apps.predict",
                                    description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="a trained or imported tea_jax workdir")
   parser.add_argument("--step", type=int, help="checkpoint step (default: the best)")
@@ -447,8 +433,8 @@ def _iou(moment: dict, truth) -> float:
 
 def plot_answers(path: str, source: Source, answers: list[list[dict]],
                  models: list[Model]) -> None:
-  """The timeline PNG of every query (tea_jax/apps/timeline.py)."""
-  from tea_jax.apps import timeline  # pylint: disable=import-outside-toplevel
+  """The timeline PNG of every query (tea_apps/timeline.py)."""
+  from tea_apps import timeline  # pylint: disable=import-outside-toplevel
   panels = []
   for q, query in enumerate(source.queries):
     curves = [timeline.Curves(m.label, a[q]["start_prob"], a[q]["end_prob"], a[q]["highlight"],
@@ -502,18 +488,16 @@ def main(argv=None) -> int:
   if argv is None:
     cli.setup_logging()
   args = parse_args(argv)
-  try:
-    rows, plot_path = run(args)
-  except (UserError, FileNotFoundError, MissingFeatures) as e:
-    # MissingFeatures is a KeyError: its message is its first argument.
-    print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-    return 2
-  except Exception:
-    print("tea_jax.predict: unexpected error (a bug, not a bad input): please report it with the "
-          "traceback below", file=sys.stderr)
-    raise
+  status, result = cli.call_reporting(lambda: run(args))
+  if status:
+    return status
+  rows, plot_path = result
   for row in rows:
     print(json.dumps(row))
   if plot_path:
     print(f"timeline written to {plot_path}", file=sys.stderr)
   return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

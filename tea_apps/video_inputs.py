@@ -25,13 +25,13 @@ from data_prep.narratives import read_narratives
 from tea_jax.errors import InputError
 from tea_jax.files import atomic_write, write_json
 from tea_jax.i3d import Extractor, load_weights, recipe
+from tea_jax.i3d.model import FEATURE_DIM as I3D_DIM
 
-log = logging.getLogger("tea_jax")
+log = logging.getLogger(__name__)
 
 # Part of the features' key: a change of the recipe (decoding rate, crop, windows) must not read
 # features computed the old way.
 I3D_RECIPE = "vslnet-i3d-24fps/1"
-I3D_DIM = 1024
 CACHE_SUFFIX = ".tea_cache"
 
 
@@ -142,11 +142,7 @@ def _run_i3d(clip: np.ndarray, weights: str, batch_size: int, precision: str,
              video: str) -> np.ndarray:
   """(T, 1024) features of a prepared clip; the jitted batch is no larger than the video's number
   of windows (a short video would otherwise pay for blank padding windows)."""
-  try:
-    num_classes, variables = load_weights(weights)
-  except (KeyError, ValueError) as e:
-    raise InputError(f"--i3d-weights {weights}: {e.args[0] if isinstance(e, KeyError) else e}"
-                     ) from None
+  num_classes, variables = load_weights(weights)
   windows = len(set(recipe.window_bounds(len(clip))))
   extractor = Extractor(variables, num_classes, batch_size=max(1, min(batch_size, windows)),
                         precision=None if precision == "default" else "highest")
