@@ -45,9 +45,20 @@ def test_frames_every_second_with_true_timestamps(videos):
   assert set(find_videos(str(videos))) == {"v1", "v2", "v3", "broken", "empty"}
 
 
-def test_llava_prompt_is_the_papers_chat_format(narrator):
-  assert narrator.prompt_text() == f"USER: <image>\n{PAPER_PROMPT} ASSISTANT:"
+# LLaVA-1.5's llava_v1 conversation, written out here from LLaVA's conversation.py (system sentence,
+# " ", "USER: " + "<image>\n" + question, " ", "ASSISTANT:").
+LLAVA_V1 = ("A chat between a curious human and an artificial intelligence assistant. The "
+            "assistant gives helpful, detailed, and polite answers to the human's questions. USER: "
+            f"<image>\n{PAPER_PROMPT} ASSISTANT:")
+
+
+def test_llava_prompt_is_llava_1_5s_conversation(narrator, llava_dir):
+  assert narrator.prompt_text() == LLAVA_V1
+  assert narrator.settings.template == "llava_v1" and narrator.settings.preprocess == "pad"
   assert str(narrator.device) == "cpu" and str(narrator.dtype) == "torch.float32"
+  # --template hf: the processor's chat template (the tiny model's has llava-hf's format).
+  hf = LlavaNarrator(llava_dir, device="cpu", max_new_tokens=2, template="hf", preprocess="crop")
+  assert hf.prompt_text() == f"USER: <image>\n{PAPER_PROMPT} ASSISTANT:"
 
 
 def test_batched_captions_equal_one_at_a_time(narrator, videos):

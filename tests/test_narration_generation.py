@@ -18,6 +18,10 @@ from data_prep.testing import random_mllm
 
 MAX_NEW = 14
 TEXTS = random_mllm.VARIED_PROMPTS
+# Idefics3/SmolVLM prompts of different lengths, in their chat format.
+IDEFICS_TEXTS = [f"User:<image>{question}<end_of_utterance>\nAssistant:"
+                 for question in ["this", "a person is standing in the kitchen . " * 3, "",
+                                  "room", "door opens", "man woman table"]]
 
 def images(count: int, seed: int = 0) -> list:
   rng = np.random.default_rng(seed)
@@ -32,13 +36,18 @@ def build(kind: str, seed: int = 1):
     inputs = processor(images=images(len(TEXTS), seed), text=TEXTS, padding=True,
                        return_tensors="pt")
     config, echoed = model.generation_config, inputs["input_ids"].shape[1]
-  else:
+  elif kind == "blip2":
     model, processor = random_mllm.build_blip2(seed=seed)
     inputs = processor(images=images(len(TEXTS), seed), return_tensors="pt")
     config = model.language_model.generation_config
     echoed = model.config.num_query_tokens + 1  # generate() returns its image tokens + BOS
+  else:  # idefics3, smolvlm: each frame split into tiles plus a global view
+    model, processor = random_mllm.build_idefics3(seed, family=kind)
+    inputs = processor(images=images(len(IDEFICS_TEXTS), seed), text=IDEFICS_TEXTS, padding=True,
+                       return_tensors="pt")
+    config, echoed = model.generation_config, inputs["input_ids"].shape[1]
   # Spread enough that each row's tokens depend on its image, prompt and positions.
-  random_mllm.spread_weights(model, 0.2 if kind == "llava" else 0.5, seed)
+  random_mllm.spread_weights(model, 0.5 if kind == "blip2" else 0.2, seed)
   return model, dict(inputs), config, echoed
 
 
@@ -65,7 +74,7 @@ def first_eos(tokens: torch.Tensor, eos: list[int]) -> list[int]:
   return [int(row.float().argmax()) if row.any() else tokens.shape[1] for row in ended]
 
 
-@pytest.mark.parametrize("kind", ["llava", "blip2"])
+@pytest.mark.parametrize("kind", ["llava", "blip2", "idefics3", "smolvlm"])
 @pytest.mark.parametrize("min_new,pad_batches,check_every", [(0, False, 1), (3, True, 3)])
 def test_tokens_equal_generate_with_padding_and_early_eos(kind, min_new, pad_batches,
                                                           check_every):
@@ -107,15 +116,10 @@ def test_batches_of_other_sizes_reuse_the_decoder(pad_batches):
   assert cached == ([6, 6, 6, 6] if pad_batches else [6, 3, 4, 6])
 
 
-def test_graph_capture_warm_up_is_undone(monkeypatch):
-  # CUDA graphs need a GPU; here the capture machinery is replaced by stand-ins that run the step
-  # eagerly, which checks what a CPU can: the warm-up steps before a capture (and the captured
-  # step itself, which a real capture records without running) leave no trace in the tokens.
-  model, inputs, config, echoed = build("llava", seed=8)
-  set_frequent_eos(model, inputs, config, echoed)
-  expected = reference(model, inputs, echoed)
-  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=True, check_every=4)  # as on CUDA
-  replays = []
+def stand_in_cuda_graphs(monkeypatch, decoder, replays: list) -> None:
+  """Replaces the CUDA graph machinery by stand-ins that run the decode step eagerly (a CPU
+  checks what it can: what the warm-up before a capture, and the captured step itself, which a
+  real capture records without running, leave behind); replays note the step they ran."""
 
   class StandInGraph:
     def replay(self):
@@ -132,12 +136,46 @@ def test_graph_capture_warm_up_is_undone(monkeypatch):
   monkeypatch.setattr(torch.cuda, "current_stream", lambda *args: StandInStream())
   monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
   decoder.cuda_graphs = True
+
+
+def test_graph_capture_warm_up_is_undone(monkeypatch):
+  # The warm-up steps before a capture leave no trace in the tokens.
+  model, inputs, config, echoed = build("llava", seed=8)
+  set_frequent_eos(model, inputs, config, echoed)
+  expected = reference(model, inputs, echoed)
+  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=True, check_every=4)  # as on CUDA
+  replays = []
+  stand_in_cuda_graphs(monkeypatch, decoder, replays)
   assert torch.equal(decoder.generate(inputs), expected)
   assert replays[:3] == [1, 2, 3]  # the replays start at the first decode step, in order
   replays.clear()
   part = {k: v[:4] for k, v in inputs.items()}
   assert torch.equal(decoder.generate(part), reference(model, part, echoed))
   assert replays and decoder.state.batch == 6  # the graph's batch, padded
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_the_benchmarks_lengths_end_captions_where_drawn(monkeypatch, graphs):
+  # bench/narrate.py --lengths eos: the wrapped head ends row i after lengths[i] tokens, with
+  # model.generate and with the fast path (its counter restored after a graph's warm-up).
+  from bench.narrate import EndAtLengths  # pylint: disable=import-outside-toplevel
+  model, inputs, config, echoed = build("llava", seed=9)
+  eos = config.eos_token_id
+  head = EndAtLengths(model.lm_head, eos, 8, torch.device("cpu"))
+  model.lm_head = head
+  lengths = [3, 7, 1, 12, 5, 9]
+  head.start(lengths)
+  expected = reference(model, inputs, echoed)
+  assert first_eos(expected, [eos]) == lengths
+  decoder = GreedyDecoder(model, MAX_NEW, pad_batches=graphs, check_every=4 if graphs else 1)
+  decoder.step_buffers = [head.calls]
+  if graphs:
+    stand_in_cuda_graphs(monkeypatch, decoder, [])
+  for rows in (slice(0, 6), slice(1, 5)):
+    head.start(lengths[rows])
+    got = decoder.generate({k: v[rows] for k, v in inputs.items()})
+    assert first_eos(got, [eos]) == lengths[rows]
+    assert torch.equal(got, expected[rows][:, :got.shape[1]])
 
 
 def test_pad_id_defaults_to_eos_and_eager_attention():
@@ -233,6 +271,13 @@ def test_auto_batch_size_reads_the_devices_free_memory(monkeypatch):
   monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 9 * per_frame)
   monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * per_frame)
   assert narrator.auto_batch_size() == 32
+
+
+def test_families_without_a_checked_adapter_are_left_to_generate(monkeypatch):
+  model, _, _, _ = build("idefics3")
+  monkeypatch.setattr(generation, "DEFAULT_ADAPTER_FAMILIES", ("llava",))
+  with pytest.raises(ValueError, match="no adapter checked on idefics3 models"):
+    GreedyDecoder(model, MAX_NEW)
 
 
 def test_encoder_decoder_language_models_are_left_to_generate():

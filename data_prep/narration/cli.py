@@ -1,15 +1,23 @@
 """`python -m data_prep.narrate`: narrate videos with an MLLM, on one device or all of a machine's.
 
     python -m data_prep.narrate --videos DIR --model MODEL_DIR --out narratives.jsonl \\
-        [--backend llava|blip2] [--interval 1.0] [--batch-size auto|N] [--max-new-tokens 80] \\
+        [--backend llava|blip2|hf] [--preprocess pad|crop] [--template llava_v1|vicuna_v1|hf] \\
+        [--interval 1.0] [--batch-size auto|N] [--max-new-tokens 192] \\
         [--devices all|0,1,...] [--num-shards K --shard-index I] [--video-ids FILE] \\
         [--decode-workers 2] [--device auto] [--dtype auto] [--generation fast|generate] \\
         [--no-compile] [--allow-failures]
     python -m data_prep.narrate merge --out narratives.jsonl SHARD.jsonl ... \\
         [--videos DIR | --video-ids FILE] [--allow-failures]
 
+The llava backend narrates as LLaVA-1.5 itself does by default: the frame padded to a square with
+the image mean (--preprocess pad; crop: the Hugging Face processor's centre crop) and the llava_v1
+conversation with its system sentence (--template llava_v1; hf: the processor's chat template).
+--backend hf takes any local image-text-to-text model with a chat template. Captions end at EOS;
+the run reports how many reached --max-new-tokens.
+
 One JSON line per finished video: {"video_id", "interval", "narratives": [{"t", "text"}], "model",
-"prompt"}; videos that failed go to `<out>.failures.jsonl` (one line each, with the reason), and a
+"prompt", "settings"}; an output holds one setting (a resume or merge with others is refused);
+videos that failed go to `<out>.failures.jsonl` (one line each, with the reason), and a
 restart resumes. --batch-size auto (the default) picks the largest batch the device's free memory
 holds. --devices all runs one worker per GPU, each on its share of the videos, and merges their
 parts into --out at the end. With --num-shards K (several machines) the videos, sorted by id, are
@@ -26,8 +34,10 @@ import sys
 
 from data_prep.frames import find_videos
 from data_prep.narration.outputs import merge
-from data_prep.narration.pipeline import (check_settings, narrate, read_video_ids, select_videos,
-                                          shard_path)
+from data_prep.narration.pipeline import (check_settings, narrate, read_video_ids, resume_point,
+                                          select_videos, shard_path)
+from data_prep.narration.settings import (BACKEND_DEFAULTS, DEFAULT_MAX_NEW_TOKENS, PREPROCESS,
+                                          TEMPLATES, check_choices, narrator_settings)
 from tea_jax.errors import InputError
 
 
@@ -38,11 +48,23 @@ def _narrate_parser() -> argparse.ArgumentParser:
   parser.add_argument("--videos", required=True, help="folder of <video_id>.mp4/.mkv/.webm")
   parser.add_argument("--model", required=True, help="local Hugging Face model directory")
   parser.add_argument("--out", required=True, help="output JSON lines file")
-  parser.add_argument("--backend", choices=("llava", "blip2"), default="llava")
+  parser.add_argument("--backend", choices=sorted(BACKEND_DEFAULTS), default="llava",
+                      help="llava: LLaVA-1.5; blip2: BLIP-2 (no prompt); hf: any local "
+                           "image-text-to-text model with a chat template")
+  parser.add_argument("--preprocess", choices=PREPROCESS,
+                      help="pad: pad the frame to a square with the image mean first (LLaVA-1.5's "
+                           "own; the llava default); crop: the processor's own (Hugging Face's "
+                           "llava-1.5: short side resized, centre cropped)")
+  parser.add_argument("--template", choices=TEMPLATES,
+                      help="llava_v1: LLaVA-1.5's conversation with its system sentence (the "
+                           "llava default, as LLaVA's run_llava and CLI pick it); vicuna_v1: the "
+                           "one LLaVA-1.5 was fine-tuned and evaluated with ('user' for "
+                           "'human'); hf: the processor's chat template (the hf default)")
   parser.add_argument("--interval", type=float, default=1.0, help="seconds between frames")
   parser.add_argument("--batch-size", default="auto",
                       help="frames per generation call; auto: as many as free memory holds")
-  parser.add_argument("--max-new-tokens", type=int, default=80)
+  parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                      help="cap on a caption's tokens; captions end at EOS well before it")
   parser.add_argument("--devices", help="all, or device numbers/names (0,1 or cpu,cpu): one "
                                         "worker process per device")
   parser.add_argument("--num-shards", type=int, default=1)
@@ -83,14 +105,15 @@ def _narrate_main(argv) -> int:
   check_settings(args.interval, batch_size, args.decode_workers)
   if args.max_new_tokens < 1:
     raise InputError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+  check_choices(args.backend, args.preprocess, args.template)
   videos = select_videos(args.videos, args.video_ids, args.num_shards, args.shard_index)
   out = shard_path(args.out, args.num_shards, args.shard_index)
   if os.path.isdir(out):
     raise InputError(f"cannot write the output {out}: it is a folder")
   narrator_kwargs = {"backend": args.backend, "model_dir": args.model, "dtype": args.dtype,
-                     "max_new_tokens": args.max_new_tokens,
-                     "fast": args.generation == "fast", "compile": False if args.no_compile
-                     else None}
+                     "max_new_tokens": args.max_new_tokens, "preprocess": args.preprocess,
+                     "template": args.template, "fast": args.generation == "fast",
+                     "compile": False if args.no_compile else None}
   if args.devices and args.device != "auto":
     raise InputError("give either --device (one device) or --devices (one worker per device)")
   if args.devices:
@@ -99,6 +122,8 @@ def _narrate_main(argv) -> int:
         narrator_kwargs, videos, out, devices.parse_devices(args.devices), args.interval,
         batch_size, args.decode_workers, args.allow_failures)
   else:
+    # An output of other settings is refused before the model loads (narrate checks it again).
+    resume_point(narrator_settings(narrator_kwargs), out, args.interval)
     from data_prep.narration.narrators import BACKENDS  # pylint: disable=import-outside-toplevel
     backend = narrator_kwargs.pop("backend")
     narrator = BACKENDS[backend](device=args.device, **narrator_kwargs)

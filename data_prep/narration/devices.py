@@ -16,8 +16,9 @@ import traceback
 
 from tqdm import tqdm
 
-from data_prep.narration.outputs import failures_path, finished_videos, merge
-from data_prep.narration.pipeline import expected_frames, narrate
+from data_prep.narration.outputs import SettingsSeen, failures_path, finished_videos, merge
+from data_prep.narration.pipeline import expected_frames, narrate, run_settings
+from data_prep.narration.settings import narrator_settings
 from tea_jax.errors import InputError
 
 
@@ -86,11 +87,14 @@ def narrate_on_devices(narrator_kwargs: dict, videos: list[tuple[str, str]], out
                        decode_workers: int = 2, allow_failures: bool = False,
                        progress: bool = True) -> dict:
   """Narrates `videos` into `out` with one worker process per device (narrator_kwargs: backend,
-  model_dir, dtype, max_new_tokens, ... of the narrator each worker builds); returns a summary."""
+  model_dir, dtype, max_new_tokens, ... of the narrator each worker builds); returns a summary.
+  The output and the parts an earlier run left must have been narrated with the same settings."""
   leftovers = _leftover_parts(out)
-  done = finished_videos(out)
+  seen = SettingsSeen()
+  done = finished_videos(out, seen)
   for part in leftovers:
-    done |= finished_videos(part)
+    done |= finished_videos(part, seen)
+  seen.check_against(run_settings(narrator_settings(narrator_kwargs), interval), out)
   todo = [(vid, path) for vid, path in videos if vid not in done]
   parts = [part_path(out, k, len(devices)) for k in range(len(devices))]
   settings = {"interval": interval, "batch_size": batch_size, "decode_workers": decode_workers}

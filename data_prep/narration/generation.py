@@ -41,6 +41,21 @@ def unsupported_options(generation_config) -> list[str]:
           if getattr(generation_config, name, None) not in neutral]
 
 
+def generation_config_of(model):
+  """The generation config that model.generate uses (BLIP-2's is its language model's)."""
+  if hasattr(model, "qformer") and hasattr(model, "language_model"):
+    return model.language_model.generation_config
+  return model.generation_config
+
+
+def reached_cap(new_tokens: torch.Tensor, eos: list[int]) -> torch.Tensor:
+  """(B,) True for the rows of greedy new tokens that hold no EOS: generation stops a row only at
+  its EOS or at the token cap, so these were cut short by the cap."""
+  if not eos:
+    return torch.ones(new_tokens.shape[0], dtype=torch.bool)
+  return ~torch.isin(new_tokens.cpu(), torch.tensor(eos)).any(-1)
+
+
 def eos_ids(generation_config) -> list[int]:
   """The generation config's end-of-sequence ids as a list (empty: no early stop)."""
   eos = generation_config.eos_token_id
@@ -162,7 +177,7 @@ class Blip2Adapter(ModelAdapter):
   @property
   def generation_config(self):
     """The generation config generate() would use."""
-    return self.model.language_model.generation_config  # the one generate() really uses
+    return generation_config_of(self.model)
 
   def prompt_ids(self, inputs) -> torch.Tensor:
     """The prompt's token ids (B, L) that generate() would start from."""
@@ -191,10 +206,20 @@ class Blip2Adapter(ModelAdapter):
     return out.logits[:, -1]
 
 
+# Families whose forward the default adapter drives as generate() does (tokens checked equal to
+# generate's in tests/test_narration_generation.py): pixel values with the prompt, 1-D positions.
+# Others (Qwen2-VL's 3-D rotary positions, Gemma 3's sliding windows, ...) are left to generate().
+DEFAULT_ADAPTER_FAMILIES = ("llava", "idefics3", "smolvlm")
+
+
 def adapter_for(model) -> ModelAdapter:
-  """The adapter of `model`'s family."""
+  """The adapter of `model`'s family; ValueError for a family no adapter was checked on."""
   if hasattr(model, "qformer") and hasattr(model, "language_model"):
     return Blip2Adapter(model)
+  family = model.config.model_type
+  if family not in DEFAULT_ADAPTER_FAMILIES:
+    raise ValueError(f"the static-cache decoder has no adapter checked on {family} models (it "
+                     f"has: blip-2, {', '.join(DEFAULT_ADAPTER_FAMILIES)})")
   return ModelAdapter(model)
 
 
@@ -296,6 +321,9 @@ class GreedyDecoder:
       self.compiled = compile_regions(self.adapter.text_module, compile_backend)
     self.timings: dict[str, float] = {}
     self.measure = False  # synchronise around prefill and decode to time them (benchmarks)
+    # Buffers outside the decoder that a decode step advances (a benchmark's length forcing):
+    # restored after a graph capture's warm-up steps, as the decoder's own are.
+    self.step_buffers: list[torch.Tensor] = []
 
   def _read_config(self) -> None:
     """EOS, pad and min_new_tokens from the generation config that generate() would use."""
@@ -457,7 +485,8 @@ class GreedyDecoder:
     """Records one decode step in a CUDA graph. Warm-up steps (which also compile) run on a side
     stream first, as capture requires; the buffers they advance are restored afterwards, and the
     cache positions they wrote are rewritten by the real steps before anything reads them."""
-    saved = [t.clone() for t in state.small_buffers()]
+    buffers = state.small_buffers() + self.step_buffers
+    saved = [t.clone() for t in buffers]
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -469,7 +498,7 @@ class GreedyDecoder:
     # host APIs meanwhile; only this thread's calls must be capturable.
     with torch.cuda.graph(graph, capture_error_mode="thread_local"):
       self._decode_step(state)
-    for buffer, value in zip(state.small_buffers(), saved):
+    for buffer, value in zip(buffers, saved):
       buffer.copy_(value)
     return graph
 

@@ -1,11 +1,13 @@
-"""MLLM narrators behind one interface: LLaVA-1.5 (the paper's) and BLIP-2 (its Table 5).
+"""MLLM narrators behind one interface: LLaVA-1.5 (the paper's), BLIP-2 (its Table 5), and any
+current transformers image-text model with a chat template (the hf backend).
 
 A narrator loads a Hugging Face model from a LOCAL directory (nothing is downloaded) and captions a
 batch of PIL images with greedy decoding: by default with the static-cache decoder of
 data_prep/narration/generation.py (CUDA graphs and regional compilation on a GPU), whose tokens are
-those of `model.generate`; `fast=False` (or a generation option that decoder does not apply) uses
-`model.generate` itself. A newer transformers MLLM is one small subclass: say how to build the
-prompt and which classes load it.
+those of `model.generate`, for the families its adapters support; `fast=False`, another family or
+a generation option that decoder does not apply uses `model.generate` itself. What the captions
+depend on (prompt string, preprocessing, template, cap, backend) is `narrator.settings`
+(data_prep/narration/settings.py).
 """
 
 import logging
@@ -13,17 +15,15 @@ import re
 
 import torch
 from PIL import Image
-from transformers import (AutoProcessor, BatchFeature, Blip2ForConditionalGeneration,
+from transformers import (AutoModelForImageTextToText, BatchFeature, Blip2ForConditionalGeneration,
                           LlavaForConditionalGeneration)
 
 from data_prep.narration import generation
+from data_prep.narration.preprocess import mean_colour, pad_to_square
+from data_prep.narration.settings import (DEFAULT_MAX_NEW_TOKENS, check_choices, load_processor,
+                                          narration_settings)
+from data_prep.narration.settings import PAPER_PROMPT  # noqa: F401  (its older home)
 from tea_jax.errors import InputError
-
-# The TEA paper's prompt, verbatim (section 3.2).
-PAPER_PROMPT = ("This is one image frame sampled from a video. Please caption this frame in two or "
-                "three sentences, to describe this frame with some details but without any "
-                "analysis.")
-
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +48,36 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 
 
 class Narrator:
-  """Captions images; subclasses set `model_class` and `prompt_text`."""
+  """Captions images; subclasses set `model_class` and `name` (the backend)."""
 
   model_class = None
   name = "narrator"
 
   def __init__(self, model_dir: str | None, device: str = "auto", dtype: str = "auto",
-               max_new_tokens: int = 80, prompt: str | None = None, components=None,
-               fast: bool = True, compile: bool | None = None):
+               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, prompt: str | None = None,
+               components=None, fast: bool = True, compile: bool | None = None,
+               preprocess: str | None = None, template: str | None = None):
     """Loads `model_dir` (a local Hugging Face directory), or takes `components` = (model,
-    processor) already built (benchmarks of randomly initialised architectures). `fast` decodes
-    with the static-cache decoder; `compile` (default: on CUDA) compiles its repeated regions."""
+    processor) already built (benchmarks of randomly initialised architectures). `prompt` replaces
+    the paper's question; `preprocess` and `template` default to the backend's (settings.py).
+    `fast` decodes with the static-cache decoder; `compile` (default: on CUDA) compiles its
+    repeated regions."""
+    preprocess, template = check_choices(self.name, preprocess, template)  # before any loading
     self.device, self.dtype = resolve_device_dtype(device, dtype)
     self.max_new_tokens = max_new_tokens
     self.max_batch = None  # set when the device ran out of memory at a larger batch
     self.prompt = prompt
+    self.captions = self.captions_at_cap = 0  # over the narrator's life; a run takes differences
     if components is not None:
       self.model, self.processor = components
       self.model.to(self.dtype)
     else:
-      try:
-        self.processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
-        self.model = self.model_class.from_pretrained(model_dir, dtype=self.dtype,
-                                                      local_files_only=True)
-      except (OSError, ValueError) as e:
-        raise InputError(f"cannot load a {self.name} model from {model_dir!r} (a local Hugging "
-                       f"Face model directory is required; nothing is downloaded): {e}") from e
+      self.model, self.processor = self._load(model_dir, preprocess)
+    self.settings = narration_settings(self.name, model_dir, preprocess=preprocess,
+                                       template=template, max_new_tokens=max_new_tokens,
+                                       question=prompt, processor=self.processor)
+    image_processor = getattr(self.processor, "image_processor", self.processor)
+    self.pad_colour = mean_colour(image_processor) if preprocess == "pad" else None
     self.model.to(self.device).eval()
     tokenizer = getattr(self.processor, "tokenizer", None)
     if tokenizer is not None:
@@ -85,15 +89,33 @@ class Narrator:
       except ValueError as e:
         log.warning("%s: decoding with model.generate: %s", self.name, e)
 
+  def processor_options(self, preprocess: str) -> dict:
+    """Keyword arguments for loading the processor."""
+    del preprocess
+    return {}
+
+  def _load(self, model_dir: str | None, preprocess: str):
+    """(model, processor) of a local model directory."""
+    processor = load_processor(model_dir, **self.processor_options(preprocess))
+    try:
+      model = self.model_class.from_pretrained(model_dir, dtype=self.dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+      raise InputError(f"cannot load a {self.name} model from {model_dir!r} (a local Hugging "
+                       f"Face model directory is required; nothing is downloaded): {e}") from e
+    return model, processor
+
   def prompt_text(self) -> str | None:
-    """The text prompt of every frame (None: the model's own start)."""
-    return None
+    """The exact text prompt of every frame (None: the model's own start)."""
+    return self.settings.prompt
 
   def prepare(self, images):
     """CPU half of `caption`: the processor's pixel values and prompt ids (run in a worker thread by
     data_prep.narrate, so that it overlaps with the previous batch's generation)."""
+    images = list(images)
+    if self.pad_colour is not None:
+      images = [pad_to_square(image, self.pad_colour) for image in images]
     text = self.prompt_text()
-    kwargs = {"images": list(images), "return_tensors": "pt"}
+    kwargs = {"images": images, "return_tensors": "pt"}
     if text is not None:
       kwargs.update(text=[text] * len(images), padding=True)
     return self.processor(**kwargs)
@@ -105,7 +127,9 @@ class Narrator:
       return 8
     inputs = self.prepare([Image.new("RGB", (64, 64))])
     try:
-      prompt = generation.adapter_for(self.model).prompt_ids(inputs).shape[1]
+      ids = inputs.get("input_ids")
+      prompt = (ids if ids is not None else generation.adapter_for(self.model).prompt_ids(inputs)
+                ).shape[1]
       per_frame = generation.frame_bytes(self.model, prompt, self.max_new_tokens)
     except (ValueError, AttributeError) as e:  # e.g. an encoder-decoder language model
       log.warning("%s: no memory model for this architecture (%s); batches of 16", self.name, e)
@@ -121,13 +145,12 @@ class Narrator:
     is kept for the rest of the run, with a warning: a too-large --batch-size slows a run down
     instead of ending it.
     """
-    n = len(next(iter(inputs.values())))
+    n = len(inputs["input_ids"] if "input_ids" in inputs else inputs["pixel_values"])
     size = min(n, self.max_batch or n)
     texts: list[str] = []
     while len(texts) < n:
       start = len(texts)
-      part = inputs if size == n else BatchFeature(
-          {k: v[start:start + size] for k, v in inputs.items()})
+      part = inputs if size == n else rows(inputs, start, start + size, n)
       try:
         texts += self._generate(part)
       except torch.OutOfMemoryError:
@@ -152,17 +175,20 @@ class Narrator:
 
   @torch.inference_mode()
   def _generate(self, inputs) -> list[str]:
-    """Captions of one batch that fits the device."""
+    """Captions of one batch that fits the device; counts those that reached the token cap."""
     inputs = self.to_device(inputs)
     if self.decoder is not None:
-      new_tokens = self.decoder.generate(inputs)
+      new_tokens, eos = self.decoder.generate(inputs), self.decoder.eos
     else:
       new_tokens = self.model.generate(**inputs, do_sample=False, num_beams=1,
                                        max_new_tokens=self.max_new_tokens)
+      eos = generation.eos_ids(generation.generation_config_of(self.model))
       prompt_ids = inputs.get("input_ids")
       if prompt_ids is not None and new_tokens.shape[1] >= prompt_ids.shape[1] and torch.equal(
           new_tokens[:, :prompt_ids.shape[1]], prompt_ids):
         new_tokens = new_tokens[:, prompt_ids.shape[1]:]  # decoder-only models echo the prompt
+    self.captions += len(new_tokens)
+    self.captions_at_cap += int(generation.reached_cap(new_tokens, eos).sum())
     texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
     return [normalise_whitespace(t) for t in texts]
 
@@ -172,25 +198,47 @@ class Narrator:
 
 
 class LlavaNarrator(Narrator):
-  """LLaVA-1.5 with the paper's prompt in its chat format `USER: <image>\\n{prompt} ASSISTANT:`."""
+  """LLaVA-1.5 as LLaVA itself runs it (by default): the frame padded to a square with the image
+  mean, the llava_v1 conversation with its system sentence (settings.py)."""
 
   model_class = LlavaForConditionalGeneration
   name = "llava"
 
-  def prompt_text(self) -> str:
-    """The paper's prompt in LLaVA-1.5's chat format."""
-    return f"USER: <image>\n{self.prompt or PAPER_PROMPT} ASSISTANT:"
+  def processor_options(self, preprocess: str) -> dict:
+    """LLaVA-1.5 resized its padded frames with PIL's bicubic filter: the PIL image backend, also
+    where torchvision would be the processor's default."""
+    return {"backend": "pil"} if preprocess == "pad" else {}
 
 
 class Blip2Narrator(Narrator):
-  """BLIP-2 captioning: no prompt (the paper's Table 5 setting)."""
+  """BLIP-2 captioning: no prompt (the paper's Table 5 setting); the processor's own resize."""
 
   model_class = Blip2ForConditionalGeneration
   name = "blip2"
 
-  def prompt_text(self) -> None:
-    """No prompt: captions continue the image's query tokens and BOS."""
-    return None
+
+class HfNarrator(Narrator):
+  """Any local transformers image-text-to-text model with a chat template: the paper's question
+  after one image, rendered by the model's own chat template."""
+
+  model_class = AutoModelForImageTextToText
+  name = "hf"
 
 
-BACKENDS = {"llava": LlavaNarrator, "blip2": Blip2Narrator}
+def rows(inputs, start: int, stop: int, batch: int) -> BatchFeature:
+  """Rows [start, stop) of prepared inputs for `batch` frames. Tensors whose first axis is the
+  batch are sliced; flattened image patches with `image_grid_thw` (Qwen2-VL's layout, one image
+  per frame) are sliced by each image's patch count."""
+  part = {}
+  for key, value in inputs.items():
+    if value.shape[0] == batch:
+      part[key] = value[start:stop]
+    elif key == "pixel_values" and "image_grid_thw" in inputs:
+      counts = inputs["image_grid_thw"].prod(-1).tolist()
+      part[key] = value[sum(counts[:start]):sum(counts[:stop])]
+    else:
+      raise ValueError(f"cannot split the prepared input {key!r} {tuple(value.shape)} into frames")
+  return BatchFeature(part)
+
+
+BACKENDS = {"llava": LlavaNarrator, "blip2": Blip2Narrator, "hf": HfNarrator}

@@ -1,7 +1,9 @@
 """The narrate command's files: the JSON-lines output (checked and repaired on resume), the failures
 file (one line per video that failed, kept current), and the merge of shard outputs.
 
-Output line: {"video_id", "interval", "narratives": [{"t", "text"}], "model", "prompt"}.
+Output line: {"video_id", "interval", "narratives": [{"t", "text"}], "model", "prompt", "settings":
+{"backend", "preprocess", "template", "max_new_tokens"}} (lines written before "settings" existed
+are read as the processor's crop with the 80-token cap: settings.line_settings).
 Failures line: {"video_id", "reason"}; the failures of `out` live in `out + ".failures.jsonl"`.
 """
 
@@ -9,6 +11,8 @@ import json
 import logging
 import os
 
+from data_prep.narration.settings import describe_difference, line_settings
+from tea_jax.errors import InputError
 from tea_jax.files import atomic_write
 from tea_jax.errors import InputError
 
@@ -23,20 +27,53 @@ def failures_path(out: str) -> str:
   return out + ".failures.jsonl"
 
 
-def record_problem(line: bytes) -> tuple[str | None, str | None]:
-  """(video id, None) for a well-formed narration line, else (None, what is wrong with it)."""
+def parse_line(line: bytes) -> tuple[str | None, str | None, dict | None]:
+  """(video id, None, record) for a well-formed narration line, else (None, what is wrong, None)."""
   try:
     record = json.loads(line)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    return None, f"not JSON ({e.msg if hasattr(e, 'msg') else e})"
+    return None, f"not JSON ({e.msg if hasattr(e, 'msg') else e})", None
   if not isinstance(record, dict) or not isinstance(record.get("video_id"), str):
-    return None, "no video_id"
+    return None, "no video_id", None
   narratives = record.get("narratives")
   if not isinstance(narratives, list) or not all(
       isinstance(n, dict) and isinstance(n.get("t"), (int, float))
       and isinstance(n.get("text"), str) for n in narratives):
-    return None, "narratives is not a list of {t, text}"
-  return record["video_id"], None
+    return None, "narratives is not a list of {t, text}", None
+  return record["video_id"], None, record
+
+
+class SettingsSeen:
+  """The distinct settings (settings.line_settings) of the lines read so far, each with the first
+  place it was seen (file:line)."""
+
+  def __init__(self):
+    self.first: dict[str, tuple[dict, str]] = {}
+
+  def add(self, record: dict, where: str) -> None:
+    """Notes the settings of `record`, read at `where`."""
+    settings = line_settings(record)
+    key = json.dumps(settings, sort_keys=True)
+    if key not in self.first:
+      self.first[key] = (settings, where)
+
+  def check_one(self, action: str) -> None:
+    """InputError in one line when lines of more than one setting were seen."""
+    if len(self.first) > 1:
+      (a, at_a), (b, at_b) = list(self.first.values())[:2]
+      side_a, side_b = describe_difference(a, b)
+      raise InputError(f"cannot {action}: lines narrated with different settings, {at_a} "
+                       f"({side_a}) and {at_b} ({side_b}); narrate them again with one setting")
+
+  def check_against(self, settings: dict, out: str) -> None:
+    """InputError in one line when a line seen was narrated with other settings than `settings`
+    (those of the run that would add lines to `out`)."""
+    for seen, where in self.first.values():
+      if seen != settings:
+        old, new = describe_difference(seen, settings)
+        raise InputError(f"{where} was narrated with other settings ({old}) than this run ({new}); "
+                         f"a run adds to {out} only with the same settings: pass them, or write "
+                         f"to another --out")
 
 
 def _listing(problems: list[str]) -> str:
@@ -45,10 +82,11 @@ def _listing(problems: list[str]) -> str:
   return "; ".join(problems[:_LISTED]) + more
 
 
-def finished_videos(path: str) -> set[str]:
-  """Videos already narrated in `path`. Lines that are cut short (a crash mid-write), corrupt,
-  malformed or a repeat of an earlier video are reported (file:line) and dropped, the file
-  rewritten atomically without them, so that their videos are narrated again."""
+def finished_videos(path: str, seen: SettingsSeen | None = None) -> set[str]:
+  """Videos already narrated in `path` (their settings noted in `seen`). Lines that are cut short
+  (a crash mid-write), corrupt, malformed or a repeat of an earlier video are reported (file:line)
+  and dropped, the file rewritten atomically without them, so that their videos are narrated
+  again."""
   if not os.path.exists(path):
     return set()
   with open(path, "rb") as f:
@@ -57,7 +95,7 @@ def finished_videos(path: str) -> set[str]:
   for number, line in enumerate(lines, start=1):
     if not line.strip():
       continue
-    vid, problem = record_problem(line)
+    vid, problem, record = parse_line(line)
     if problem is None and number == len(lines):
       problem = "cut short (no end of line)"
     elif vid in done:
@@ -65,6 +103,8 @@ def finished_videos(path: str) -> set[str]:
     if problem is not None:
       problems.append(f"{path}:{number}: {problem}")
       continue
+    if seen is not None:
+      seen.add(record, f"{path}:{number}")
     done.add(vid)
     kept.append(line + b"\n")
   if problems:
@@ -145,18 +185,21 @@ class LineWriter:
     self.f.close()
 
 
-def _read_shard(shard: str, records: dict, origin: dict, duplicates: list) -> None:
-  """Adds a shard's lines to `records` {video_id: line}; a malformed line is an error."""
+def _read_shard(shard: str, records: dict, origin: dict, duplicates: list,
+                seen: SettingsSeen) -> None:
+  """Adds a shard's lines to `records` {video_id: line}, their settings to `seen`; a malformed line
+  is an error."""
   if not os.path.isfile(shard):
     raise InputError(f"shard output not found: {shard}")
   with open(shard, "rb") as f:
     for number, line in enumerate(f, start=1):
       if not line.strip():
         continue
-      vid, problem = record_problem(line)
+      vid, problem, record = parse_line(line)
       if problem is not None:
         raise InputError(f"{shard}:{number}: not a narration line ({problem}); run the shard's "
                        f"narrate command again to repair it")
+      seen.add(record, f"{shard}:{number}")
       if vid in records:
         duplicates.append(f"{vid} ({origin[vid]} and {shard}:{number})")
       text = line.decode("utf-8")
@@ -168,10 +211,12 @@ def merge(shards: list[str], out: str, expected: set[str] | None = None,
   """Joins shard outputs (sorted by video id) into `out` atomically, and their failures files into
   `out`'s. Duplicated videos are an error; so are videos of `expected` without a narration,
   reported apart: those a shard recorded as failed (an error unless `allow_failures`) and those
-  missing without a trace (always an error)."""
-  records, origin, duplicates = {}, {}, []
+  missing without a trace (always an error). Shards narrated with different settings (backend,
+  prompt, preprocessing, token cap, interval) are refused."""
+  records, origin, duplicates, seen = {}, {}, [], SettingsSeen()
   for shard in shards:
-    _read_shard(shard, records, origin, duplicates)
+    _read_shard(shard, records, origin, duplicates, seen)
+  seen.check_one("merge the shards")
   if duplicates:
     raise InputError(f"{len(duplicates)} videos appear in more than one line: {duplicates[:5]}")
   failed = {}

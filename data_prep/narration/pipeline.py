@@ -21,7 +21,9 @@ import time
 from tqdm import tqdm
 
 from data_prep.frames import UnreadableVideo, duration_seconds, find_videos, sample_frames
-from data_prep.narration.outputs import FailureLog, LineWriter, failures_path, finished_videos
+from data_prep.narration.outputs import (FailureLog, LineWriter, SettingsSeen, failures_path,
+                                         finished_videos)
+from data_prep.narration.settings import line_settings
 from tea_jax.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,14 @@ class Captioner:
     self.pool.shutdown(cancel_futures=True)
 
 
+def output_line(narrator, video_id: str, interval: float, captions: list) -> dict:
+  """The output line of a video: its [(t, text)] captions and what they were narrated with."""
+  return {"video_id": video_id, "interval": interval,
+          "narratives": [{"t": t, "text": text} for t, text in captions],
+          "model": narrator.name, "prompt": narrator.prompt_text(),
+          "settings": narrator.settings.recorded()}
+
+
 class VideoWriter:
   """Writer stage: collects captions per video and writes a video's line once all its frames are
   captioned and its decoding ended; a video whose decoding failed goes to the failures file."""
@@ -203,9 +213,7 @@ class VideoWriter:
         self.failures.record(vid, error)
         self.failed += 1
         continue
-      self.lines.write({"video_id": vid, "interval": self.interval,
-                        "narratives": [{"t": t, "text": text} for t, text in sorted(items)],
-                        "model": self.narrator.name, "prompt": self.narrator.prompt_text()})
+      self.lines.write(output_line(self.narrator, vid, self.interval, sorted(items)))
       self.failures.clear([vid])
       self.written += 1
 
@@ -223,6 +231,21 @@ def check_settings(interval: float, batch_size: int | None, decode_workers: int)
     raise InputError(f"--decode-workers must be at least 1, got {decode_workers}")
 
 
+def run_settings(settings, interval: float) -> dict:
+  """What a run with NarrationSettings `settings` records, as settings.line_settings compares it."""
+  return line_settings({"settings": settings.recorded(), "prompt": settings.prompt,
+                        "interval": interval})
+
+
+def resume_point(settings, out: str, interval: float) -> set[str]:
+  """The videos already in `out`, whose lines must have been narrated with `settings` and
+  `interval` (else one-line InputError: one output holds one setting)."""
+  seen = SettingsSeen()
+  done = finished_videos(out, seen)
+  seen.check_against(run_settings(settings, interval), out)
+  return done
+
+
 def narrate(narrator, videos: list[tuple[str, str]], out: str, interval: float = 1.0,
             batch_size: int | None = 16, progress: bool = True, decode_workers: int = 2,
             on_progress=None) -> dict:
@@ -230,10 +253,10 @@ def narrate(narrator, videos: list[tuple[str, str]], out: str, interval: float =
   takes the narrator's auto_batch_size (free device memory); `on_progress(frames, written, failed)`
   is called after each step (a worker of several devices reports to its parent through it)."""
   check_settings(interval, batch_size, decode_workers)
+  done = resume_point(narrator.settings, out, interval)
   if batch_size is None:
     batch_size = narrator.auto_batch_size()
     log.info("batch size %d (from the device's free memory)", batch_size)
-  done = finished_videos(out)
   todo = [(vid, path) for vid, path in videos if vid not in done]
   failures = FailureLog(failures_path(out))
   failures.clear(done)
@@ -243,6 +266,7 @@ def narrate(narrator, videos: list[tuple[str, str]], out: str, interval: float =
   source = FrameSource(todo, interval, decode_workers, queue_size=4 * batch_size)
   captioner = Captioner(narrator)
   started, frames = time.time(), 0
+  at_cap_before = narrator.captions_at_cap
 
   def report(result) -> None:
     """Hands a captioned batch to the writer; updates progress."""
@@ -264,10 +288,22 @@ def narrate(narrator, videos: list[tuple[str, str]], out: str, interval: float =
     bar.close()
     writer.close()
   seconds = time.time() - started
+  at_cap = narrator.captions_at_cap - at_cap_before
+  report_cap(at_cap, frames, narrator.settings.max_new_tokens)
   return {"out": out, "videos_written": writer.written, "videos_failed": writer.failed,
           "videos_skipped_as_done": len(videos) - len(todo), "frames": frames,
+          "captions_at_cap": at_cap, "max_new_tokens": narrator.settings.max_new_tokens,
           "batch_size": batch_size, "seconds": round(seconds, 2),
           "frames_per_second": round(frames / max(seconds, 1e-9), 3)}
+
+
+def report_cap(at_cap: int, captions: int, cap: int) -> None:
+  """Logs how many captions reached the cap on new tokens (they may be cut short)."""
+  if at_cap:
+    log.warning("%d of %d captions reached the cap of %d new tokens and may be cut short; a "
+                "larger --max-new-tokens lets them end", at_cap, captions, cap)
+  else:
+    log.info("%d captions, none reached the cap of %d new tokens", captions, cap)
 
 
 def _batch_frames(source: FrameSource, writer: VideoWriter, captioner: Captioner,

@@ -1,25 +1,44 @@
-"""Randomly initialised MLLMs built from configs alone: tiny ones for tests, and the real
-LLaVA-1.5-7b/13b architectures for speed benchmarks. No weights or tokenizer files are downloaded:
-the tokenizer is a word-level one made here, which is enough to exercise the real loading,
-prompting, batching and decoding code paths."""
+"""Randomly initialised MLLMs built from configs alone: tiny ones for tests (LLaVA-1.5, BLIP-2, and
+Idefics3/SmolVLM as a second family for the generic backend), and the real LLaVA-1.5-7b/13b
+architectures for speed benchmarks. No weights or tokenizer files are downloaded: the tokenizer is
+a word-level one made here, and the chat templates are written here in the format of each family,
+which is enough to exercise the real loading, prompting, batching and decoding code paths."""
 
 import os
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
-                          CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                          CLIPVisionConfig, Idefics3Config, Idefics3ForConditionalGeneration,
+                          Idefics3Processor, LlamaConfig, LlavaConfig,
                           LlavaForConditionalGeneration, LlavaProcessor, OPTConfig,
-                          PreTrainedTokenizerFast)
+                          PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMForConditionalGeneration)
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-from data_prep.narration.narrators import PAPER_PROMPT
+from data_prep.narration.settings import LLAVA_V1_SYSTEM, PAPER_PROMPT, VICUNA_V1_SYSTEM
 
 SPECIAL = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
-WORDS = sorted(set((PAPER_PROMPT + " USER: ASSISTANT: a person is standing in the kitchen "
-                    "holding cup door opens room man woman table").replace(".", " .")
-                   .replace(",", " ,").split()))
+_TEXT = (f"{PAPER_PROMPT} {LLAVA_V1_SYSTEM} {VICUNA_V1_SYSTEM} USER: ASSISTANT: User: Assistant: "
+         "a person is standing in the kitchen holding cup door opens room man woman table")
+# Each word as whitespace splits it ("video.") and with its punctuation apart ("video", ".").
+WORDS = sorted(set(_TEXT.split()) | set(_TEXT.replace(".", " .").replace(",", " ,").split()))
+
+# A chat template in the format of llava-hf's llava-1.5 processors:
+# `USER: <image>\n{text} ASSISTANT:`.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | upper }}: "
+    "{% for part in message['content'] if part['type'] == 'image' %}<image>\n{% endfor %}"
+    "{% for part in message['content'] if part['type'] == 'text' %}{{ part['text'] }} {% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+# One in the format of Idefics3/SmolVLM's: `User:<image>{text}<end_of_utterance>\nAssistant:`.
+IDEFICS3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>"
+    "{% else %}{{ part['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}")
 
 # LLaVA prompts of different lengths: a batch of them is left-padded by a different amount per row.
 VARIED_PROMPTS = ["USER: <image>\nthis ASSISTANT:",
@@ -82,7 +101,7 @@ def build_llava(architecture: str = "tiny", seed: int = 0, vocab_size: int | Non
   processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                              patch_size=sizes["vision"]["patch_size"],
                              vision_feature_select_strategy="default",
-                             num_additional_image_tokens=1)
+                             num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
   model = LlavaForConditionalGeneration(config)
   model.generation_config.pad_token_id = tokenizer.pad_token_id
   return model.eval(), processor
@@ -109,6 +128,38 @@ def build_blip2(seed: int = 0):
                              num_query_tokens=num_query)
   model = Blip2ForConditionalGeneration(config)
   model.generation_config.pad_token_id = tokenizer.pad_token_id
+  return model.eval(), processor
+
+
+def build_idefics3(seed: int = 0, family: str = "idefics3"):
+  """(model, processor) of a tiny random Idefics3 (SigLIP-style vision tower, pixel-shuffle
+  connector, Llama; SmolVLM's architecture with family="smolvlm") whose processor splits each
+  frame into 32x32 tiles plus a global view, as the released ones do at their sizes."""
+  torch.manual_seed(seed)
+  tokenizer = make_tokenizer()
+  tokenizer.add_tokens([f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)])
+  tokenizer.add_special_tokens({"additional_special_tokens": [
+      "<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]})
+  image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 64},
+                                              max_image_size={"longest_edge": 32})
+  # 32x32 tiles of 8x8 patches, merged 2x2 by the connector: 4 image tokens per tile.
+  processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                image_seq_len=4, chat_template=IDEFICS3_CHAT_TEMPLATE)
+  text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
+                     pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id)
+  config_class, model_class = {
+      "idefics3": (Idefics3Config, Idefics3ForConditionalGeneration),
+      "smolvlm": (SmolVLMConfig, SmolVLMForConditionalGeneration)}[family]
+  config = config_class(
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, image_size=32, patch_size=8),
+      text_config=text, scale_factor=2, pad_token_id=tokenizer.pad_token_id,
+      image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+  model = model_class(config)
+  model.generation_config.pad_token_id = tokenizer.pad_token_id
+  model.generation_config.eos_token_id = tokenizer.eos_token_id
   return model.eval(), processor
 
 

@@ -77,3 +77,18 @@ def write_moving_video(path: str, seconds: float, fps: int = 30, size: tuple[int
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
+
+
+def write_frames_video(path: str, frames: list[np.ndarray], fps: int = 10) -> None:
+  """Writes (H, W, 3) uint8 RGB `frames` losslessly (FFV1 in RGB, a .mkv `path`): every decoded
+  pixel is the one drawn, so videos that differ only in some pixels decode that way."""
+  height, width = frames[0].shape[:2]
+  with av.open(path, "w") as container:
+    stream = container.add_stream("ffv1", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "bgr0"
+    for image in frames:
+      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+      for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
