@@ -83,7 +83,7 @@ def end_to_end(variables, args, precision) -> None:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
   parser.add_argument("--batch-sizes", default="1,4")
   parser.add_argument("--windows", type=int, default=8, help="windows timed per batch size")
   parser.add_argument("--precision", choices=("highest", "default"), default="highest")

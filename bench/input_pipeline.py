@@ -25,7 +25,7 @@ from tea_jax.data.schema import records_dir  # noqa: E402
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
   parser.add_argument("--videos", type=int, default=300)
   parser.add_argument("--seconds", type=int, nargs=2, default=(100, 200))
   parser.add_argument("--batch", type=int, default=16)

@@ -64,7 +64,7 @@ def timeit(fn, repeats):
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--words", type=int, default=12)

@@ -62,7 +62,7 @@ GIB = 1 << 30
 
 def parse_args():
   """The benchmark's flags."""
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
   parser.add_argument("--model", help="local LLaVA model directory (default: random weights)")
   parser.add_argument("--architecture", default="tiny", choices=sorted(random_mllm.ARCHITECTURES))
   parser.add_argument("--batch-sizes", default="auto,16,64,128",

@@ -207,7 +207,7 @@ def traced_steps(run, steps: int, trace_dir: str) -> float:
 
 
 def parse_args():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
   parser.add_argument("--variant", default="tea", choices=sorted(bench_train.VARIANTS))
   parser.add_argument("--lstm", default="auto")
   parser.add_argument("--batch", type=int, default=16)

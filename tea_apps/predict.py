@@ -234,9 +234,13 @@ def parse_args(argv):
   source.add_argument("--pair-index", type=int, help="the pair's index in its split")
   text = parser.add_argument_group("narratives (TEA models)")
   text.add_argument("--narrator-model", help="local Hugging Face MLLM directory (--video)")
-  text.add_argument("--narrator-backend", default="llava", help="llava or blip2")
+  text.add_argument("--narrator-backend", default="llava", help="llava, blip2 or hf")
   text.add_argument("--narrator-interval", type=float, default=1.0, help="seconds between frames")
-  text.add_argument("--narrator-max-new-tokens", type=int, default=80)
+  text.add_argument("--narrator-max-new-tokens", type=int, default=None,
+                    help="cap of each caption (default: the narrate command's, 192)")
+  text.add_argument("--narrator-preprocess", choices=("pad", "crop"),
+                    help="frames padded to a square (LLaVA-1.5's, the llava default) or cropped")
+  text.add_argument("--narrator-template", help="llava_v1 (the llava default), vicuna_v1 or hf")
   text.add_argument("--narrator-batch-size", type=int, default=16, help="frames per generate()")
   text.add_argument("--narrator-device", default="auto", help="auto, cpu, cuda, cuda:1")
   text.add_argument("--narratives", help="narratives JSONL instead of narrating")
@@ -321,7 +325,8 @@ def narrator_settings(args) -> video_inputs.NarratorSettings:
   """The --narrator-* flags."""
   return video_inputs.NarratorSettings(
       args.narrator_model, args.narrator_backend, args.narrator_interval,
-      args.narrator_max_new_tokens, args.narrator_batch_size, args.narrator_device)
+      args.narrator_max_new_tokens, args.narrator_batch_size, args.narrator_device,
+      args.narrator_preprocess, args.narrator_template)
 
 
 def video_source(args, models: list[Model]) -> Source:
@@ -336,8 +341,9 @@ def video_source(args, models: list[Model]) -> Source:
                                 or args.plot is not None):
     narratives = video_inputs.narration(args.video, narrator_settings(args), cache)
   video_id = args.video_id or _stem(args.video)
-  return Source(row_ids(video_id, args.video, duration), duration, args.query, features=features, narratives=narratives, video_path=args.video,
-                truths=args.truth, cache_dir=os.path.join(cache.folder, "glove"))
+  return Source(row_ids(video_id, args.video, duration), duration, args.query, features=features,
+                narratives=narratives, video_path=args.video, truths=args.truth,
+                cache_dir=os.path.join(cache.folder, "glove"))
 
 
 def features_source(args) -> Source:

@@ -21,6 +21,7 @@ import numpy as np
 
 from data_prep.extract_features import decode_clip
 from data_prep.frames import UnreadableVideo, duration_seconds, sample_frames
+from data_prep.narration.settings import narration_settings
 from data_prep.narratives import read_narratives
 from tea_jax.errors import InputError
 from tea_jax.files import atomic_write, write_json
@@ -159,19 +160,28 @@ def _run_i3d(clip: np.ndarray, weights: str, batch_size: int, precision: str,
 
 @dataclasses.dataclass(frozen=True)
 class NarratorSettings:
-  """How the video is narrated (TEA's video narrator): a local model directory and its settings."""
+  """How the video is narrated (TEA's video narrator): a local model directory and its settings
+  (None: the backend's default, as the narrate command takes it)."""
 
   model_dir: str
   backend: str = "llava"
   interval: float = 1.0
-  max_new_tokens: int = 80
+  max_new_tokens: int | None = None
   batch_size: int = 16
   device: str = "auto"
+  preprocess: str | None = None
+  template: str | None = None
+
+  def narration(self):
+    """The settings that change the captions (data_prep.narration.settings): the exact prompt,
+    preprocessing, template and token cap."""
+    return narration_settings(self.backend, self.model_dir, preprocess=self.preprocess,
+                              template=self.template, max_new_tokens=self.max_new_tokens)
 
   def key_parts(self) -> dict:
     """What the captions depend on (not the batch size or the device)."""
-    return {"model": dir_signature(self.model_dir), "backend": self.backend,
-            "interval": self.interval, "max_new_tokens": self.max_new_tokens}
+    return {"model": dir_signature(self.model_dir), "interval": self.interval,
+            **self.narration().key_parts()}
 
 
 def narration(video: str, settings: NarratorSettings, cache: VideoCache,
@@ -215,9 +225,11 @@ def _narrate(video: str, video_id: str, settings: NarratorSettings, out: str,
   if settings.backend not in BACKENDS:
     raise InputError(f"unknown narrator backend {settings.backend!r}: expected one of "
                      f"{sorted(BACKENDS)}")
+  chosen = settings.narration()
   try:
     narrator = BACKENDS[settings.backend](settings.model_dir, settings.device, "auto",
-                                          settings.max_new_tokens)
+                                          chosen.max_new_tokens, preprocess=chosen.preprocess,
+                                          template=chosen.template)
   except (OSError, RuntimeError, ValueError) as e:
     raise InputError(f"--narrator-model: {e}") from None
   started = time.time()

@@ -1,7 +1,7 @@
-"""Three layers, imports one way (docs/design.md section 15): the library (tea_jax) never reaches the
-offline side (data_prep) or the apps (tea_apps); the offline side uses only the library's pieces
-that carry no model or training; the apps use both; torch stays out of the library's module level.
-Every file of each package is checked, with no exemption by path."""
+"""Three layers, imports one way (docs/design.md section 15): the library (tea_jax) never reaches
+the offline side (data_prep) or the apps (tea_apps); the offline side uses only the library's
+pieces that carry no model or training; the apps use both; torch stays out of the library's module
+level. Every file of each package is checked, with no exemption by path."""
 
 import ast
 import pathlib

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from data_prep.frames import sample_frames
 from data_prep.narration import cli, devices, pipeline
@@ -42,8 +43,15 @@ def test_a_worker_sees_only_its_gpu(monkeypatch):
   assert devices._see_only("cpu") == "cpu"  # pylint: disable=protected-access
 
 
-def test_parse_devices():
+def test_parse_devices(caplog, monkeypatch):
   assert devices.parse_devices("0,2") == ["cuda:0", "cuda:2"]
+  # "all" on a machine without a GPU (as this one): the CPU, said in a line.
+  monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+  with caplog.at_level("WARNING", logger="data_prep"):
+    assert devices.parse_devices("all") == ["cpu"]
+  assert "no CUDA device is visible, narrating on the CPU" in caplog.text
+  monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+  assert devices.parse_devices("all") == ["cuda:0", "cuda:1"]
   assert devices.parse_devices("cpu,cpu") == ["cpu", "cpu"]
   with pytest.raises(InputError, match="names no device"):
     devices.parse_devices(",")

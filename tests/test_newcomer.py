@@ -149,3 +149,13 @@ def test_the_readme_says_where_each_input_comes_from():
                 "Salesforce/blip2", "charades_sta_train.txt", "Charades-CD", "ActivityNet-CG"):
     assert thing in section, thing
   assert "relative to the folder" in README  # where --config paths are read from
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "bench").glob("*.py")
+                                          if p.name != "__init__.py"))
+def test_each_benchmarks_help_says_what_it_measures_in_full_sentences(script):
+  proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--help"], cwd=REPO,
+                        capture_output=True, text=True, check=False, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  description = proc.stdout.split("\n\n")[1]  # after the usage lines
+  assert " ".join(description.split()).endswith("."), description

@@ -8,6 +8,7 @@ interrupted run (whatever its device count) are skipped, and every part is merge
 """
 
 import glob
+import logging
 import multiprocessing
 import os
 import queue
@@ -21,14 +22,19 @@ from data_prep.narration.pipeline import expected_frames, narrate, run_settings
 from data_prep.narration.settings import narrator_settings
 from tea_jax.errors import InputError
 
+log = logging.getLogger(__name__)
+
 
 def parse_devices(spec: str) -> list[str]:
-  """'all' -> every CUDA device; '0,2' -> cuda:0, cuda:2; explicit names ('cpu,cpu') as given."""
+  """'all' -> every CUDA device, or the CPU where there is none; '0,2' -> cuda:0, cuda:2; explicit
+  names ('cpu,cpu') as given."""
   import torch  # pylint: disable=import-outside-toplevel
   if spec == "all":
     count = torch.cuda.device_count()
     if count == 0:
-      raise InputError("--devices all was asked for but no CUDA device is visible")
+      log.warning("--devices all: no CUDA device is visible, narrating on the CPU (slow for "
+                  "LLaVA-1.5-13b: minutes per video)")
+      return ["cpu"]
     return [f"cuda:{k}" for k in range(count)]
   devices = [d.strip() for d in spec.split(",") if d.strip()]
   devices = [f"cuda:{d}" if d.isdigit() else d for d in devices]

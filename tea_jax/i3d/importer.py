@@ -167,7 +167,8 @@ def read_npz(path: str) -> tuple[int, dict]:
   except (ValueError, OSError, zipfile.BadZipFile) as e:
     raise InputError(f"cannot read {path} as converted I3D weights (.npz): {e}") from e
   if _NUM_CLASSES_KEY not in arrays:
-    raise InputError(f"{path}: missing key {_NUM_CLASSES_KEY!r}; not written by tea_jax.i3d.convert?")
+    raise InputError(f"{path}: missing key {_NUM_CLASSES_KEY!r}; not written by "
+                     f"tea_jax.i3d.convert?")
   num_classes = int(arrays.pop(_NUM_CLASSES_KEY))
   shapes = {k: tuple(s.shape) for k, s in _flatten(variable_shapes(num_classes)).items()}
   unknown = sorted(set(arrays) - set(shapes))
