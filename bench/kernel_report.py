@@ -52,12 +52,13 @@ VARIANT_LANES = {"tea": 4, "emb": 2}  # both directions of 2 BiLSTMs (TEA) or of
 
 # What the time estimate assumes per architecture (the SXM cards): the clock under load (GHz);
 # dense tensor-core multiply-adds per clock and SM for mma.sync (Hopper's faster wgmma is not what
-# Triton emits here) by operand type; bytes per clock one SM moves to and from L2.
+# Triton emits here) by operand type; bytes per clock one SM moves to and from L2; KiB of its
+# combined L1 cache and shared memory.
 CHIPS = {
     "9.0": dict(card="H100", ghz=1.755, fma_per_clock={"TF32": 512, "BF16": 1024, "F16": 1024},
-                l2_bytes_per_clock=64),
+                l2_bytes_per_clock=64, l1_shared_kib=256),
     "8.0": dict(card="A100", ghz=1.41, fma_per_clock={"TF32": 512, "BF16": 1024, "F16": 1024},
-                l2_bytes_per_clock=64),
+                l2_bytes_per_clock=64, l1_shared_kib=192),
 }
 SCHEDULERS_PER_SM = 4  # each issues at most one warp instruction per clock
 # Multiply-adds of one HMMA instruction by its shape (M N K digits in the opcode).
@@ -318,25 +319,31 @@ def access_bytes(text: str) -> int:
   return next((ACCESS_BYTES[m] for m in modifiers if m in ACCESS_BYTES), 4)
 
 
-def estimate_step(loop: dict, warps: int, arch: str) -> dict:
+def estimate_step(loop: dict, warps: int, arch: str, shared_bytes: int) -> dict:
   """Lower bounds of one recurrence step's time (us) from instruction issue, the tensor cores and
   L2 traffic, with the largest as the estimate (see ASSUMPTIONS)."""
   chip = CHIPS[arch]
   issue = loop["total"] * warps / SCHEDULERS_PER_SM
   tensor = 0.0
-  l2_bytes = 0
+  moved = {"LDG": 0, "LDG.EL": 0, "STG": 0}  # bytes per step, all threads
   for text in loop["instructions"]:
     op = opcode(text)
     if op == "HMMA":
       shape = re.search(r"HMMA\.(\d+)\.F32\.(\w+)", text)
       if shape:
-        kind = "TF32" if shape.group(2) == "TF32" else shape.group(2)
-        tensor += HMMA_SHAPES.get(shape.group(1), 0) * warps / chip["fma_per_clock"].get(kind, 1024)
+        rate = chip["fma_per_clock"].get(shape.group(2), chip["fma_per_clock"]["BF16"])
+        tensor += HMMA_SHAPES.get(shape.group(1), 0) * warps / rate
     elif op in ("LDG", "STG"):
-      l2_bytes += access_bytes(text) * 32 * warps
+      kept = op == "LDG" and ".EL" in text.split()[1 if text.startswith("@") else 0]
+      moved["LDG.EL" if kept else op] += access_bytes(text) * 32 * warps
+  # Loads marked evict-last (the weights read at every step) hit L1 from the second step on if
+  # they fit in what L1 leaves beside the kernel's shared memory.
+  l1_free = chip["l1_shared_kib"] * 1024 - shared_bytes
+  l2_bytes = moved["LDG"] + moved["STG"] + (moved["LDG.EL"] if moved["LDG.EL"] > l1_free else 0)
   cycles = dict(issue=issue, tensor=tensor, l2=l2_bytes / chip["l2_bytes_per_clock"])
   bound = max(cycles, key=cycles.get)
   return dict(us=cycles[bound] / chip["ghz"] / 1000, bound=bound, l2_kib=l2_bytes / 1024,
+              l1_kib=(moved["LDG.EL"] if l2_bytes < sum(moved.values()) else 0) / 1024,
               **{f"{name}_us": value / chip["ghz"] / 1000 for name, value in cycles.items()})
 
 
@@ -344,10 +351,10 @@ ASSUMPTIONS = """\
 Estimated time per step: the largest of three lower bounds for one program on one SM (the
 programs of a launch run on separate SMs at once): instruction issue (SASS per step x warps / 4
 schedulers, one instruction per clock each), tensor cores (the loop's HMMA multiply-adds at
-mma.sync rates) and L2 traffic (the loop's global loads and stores: the step's working set, the
-recurrent weights above all, exceeds L1). Assumed per SM: {chips}. Not modelled: the latency of
-each step's dependent chain (loads, matmuls, activations, stores, barriers): real steps take
-longer."""
+mma.sync rates) and L2 traffic (the loop's global loads and stores; loads marked evict-last, the
+recurrent weights' high parts, are counted as L1 hits where they fit beside the shared memory).
+Assumed per SM: {chips}. Not modelled: the latency of each step's dependent chain (loads, matmuls,
+activations, stores, barriers): real steps take longer."""
 
 
 def chip_assumptions(archs) -> str:
@@ -355,7 +362,8 @@ def chip_assumptions(archs) -> str:
   return "; ".join(
       f"{CHIPS[a]['card']} (sm_{a.replace('.', '')}) {CHIPS[a]['ghz']} GHz, "
       + ", ".join(f"{n} {k} FMA" for k, n in CHIPS[a]["fma_per_clock"].items())
-      + f" and {CHIPS[a]['l2_bytes_per_clock']} L2 bytes per clock" for a in archs)
+      + f", {CHIPS[a]['l2_bytes_per_clock']} L2 bytes per clock, {CHIPS[a]['l1_shared_kib']} KiB"
+      " of L1 and shared memory" for a in archs)
 
 
 def compile_rows(calls: dict, archs: list[str], tools: Tools, keep: pathlib.Path) -> list[Row]:
@@ -376,7 +384,7 @@ def compile_rows(calls: dict, archs: list[str], tools: Tools, keep: pathlib.Path
           listing = disassemble(assembled["cubin"], tools)
           (keep / f"{stem}.sass").write_text(listing)
           row.loop = recurrence_loop(sass_instructions(listing))
-          row.estimate = estimate_step(row.loop, call.num_warps, arch)
+          row.estimate = estimate_step(row.loop, call.num_warps, arch, row.shared_bytes)
         except Exception as e:  # pylint: disable=broad-except  # reported in the table
           first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
           row.error = f"{type(e).__name__}: {first_line}"
@@ -387,7 +395,8 @@ def compile_rows(calls: dict, archs: list[str], tools: Tools, keep: pathlib.Path
 def print_table(rows: list[Row], steps: int) -> None:
   """The per-kernel table (markdown), then the estimate's assumptions."""
   print("| variant | kernel | arch | programs | warps | registers | spills st/ld B | shared KiB "
-        "| SASS per step (HMMA) | L2 KiB per step | us per step: issue / tensor / L2 | estimate us |")
+        "| SASS per step (HMMA) | KiB per step: L2 (L1) | us per step: issue / tensor / L2 "
+        "| estimate us |")
   print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
   for r in rows:
     head = f"| {r.variant} | {r.kernel} | sm_{r.arch.replace('.', '')} | {r.programs} | {r.warps}"
@@ -397,7 +406,7 @@ def print_table(rows: list[Row], steps: int) -> None:
     e = r.estimate
     print(f"{head} | {r.registers} | {r.spill_stores} / {r.spill_loads} | "
           f"{r.shared_bytes / 1024:.0f} | {r.loop['total']:,} ({r.loop['counts'].get('HMMA', 0)}) "
-          f"| {e['l2_kib']:.0f} | {e['issue_us']:.2f} / {e['tensor_us']:.2f} / {e['l2_us']:.2f} "
+          f"| {e['l2_kib']:.0f} ({e['l1_kib']:.0f}) | {e['issue_us']:.2f} / {e['tensor_us']:.2f} / {e['l2_us']:.2f} "
           f"| {e['us']:.2f} ({e['bound']}) |")
   print()
   text = ASSUMPTIONS.format(chips=chip_assumptions(sorted({r.arch for r in rows})))

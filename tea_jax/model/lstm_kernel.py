@@ -92,6 +92,19 @@ def _per_step(lane, step):
   return lane + jax.lax.shift_right_logical(step, 30)
 
 
+def _once(ref, *index):
+  """ref[index], read once: first out of the cache, so that it does not evict the weights."""
+  return plgpu.load(ref.at[index], eviction_policy="evict_first")
+
+
+def _weights(refs, *index):
+  """The recurrent weights' parts at `index`, read at every step: the high part (or the float32
+  weights) is kept in the SM's L1 cache where it fits (128 KiB of bfloat16 at H = 128), the low
+  part streams from L2."""
+  policies = ("evict_last", "evict_first")[:len(refs)]
+  return [plgpu.load(ref.at[index], eviction_policy=policy) for ref, policy in zip(refs, policies)]
+
+
 _ACTIVATIONS = (jax.nn.sigmoid, jax.nn.sigmoid, jnp.tanh, jax.nn.sigmoid)  # i, f, g, o
 
 
@@ -116,9 +129,9 @@ def _forward_kernel(gin_ref, mask_ref, *refs, split: bool, width: int):
       acts = []
       for gate, activation in enumerate(_ACTIVATIONS):
         cols = _columns(gate, j, hidden, width)
-        recurrent = sum(_product(hid_parts[k], [w[w_lane, _units(k, width), cols] for w in w_refs])
+        recurrent = sum(_product(hid_parts[k], _weights(w_refs, w_lane, _units(k, width), cols))
                         for k in range(blocks))
-        acts.append(activation(gin_ref[t, lane, rows, cols] + recurrent))
+        acts.append(activation(_once(gin_ref, t, lane, rows, cols) + recurrent))
         acts_ref[t, lane, rows, cols] = acts[-1]
       i, f, g, o = acts
       # Padded steps keep a zero state, so the backward direction starts fresh at v_len - 1.
@@ -155,11 +168,13 @@ def _backward_kernel(d_out_ref, mask_ref, mem_prev_ref, acts_ref, tanh_mem_ref, 
     d_mem_prev = []
     for k in range(blocks):
       units = _units(k, width)
-      i, f, g, o = (acts_ref[t, lane, rows, _columns(gate, k, hidden, width)] for gate in range(4))
-      tanh_mem = tanh_mem_ref[t, lane, rows, units]
-      dh = (d_hid[k] + d_out_ref[t, lane, rows, units]) * valid
+      i, f, g, o = (_once(acts_ref, t, lane, rows, _columns(gate, k, hidden, width))
+                    for gate in range(4))
+      tanh_mem = _once(tanh_mem_ref, t, lane, rows, units)
+      dh = (d_hid[k] + _once(d_out_ref, t, lane, rows, units)) * valid
       d_cell = (d_mem[k] + dh * o * (1.0 - tanh_mem * tanh_mem)) * valid
-      dz = (d_cell * g * i * (1.0 - i), d_cell * mem_prev_ref[t, lane, rows, units] * f * (1.0 - f),
+      mem_prev = _once(mem_prev_ref, t, lane, rows, units)
+      dz = (d_cell * g * i * (1.0 - i), d_cell * mem_prev * f * (1.0 - f),
             d_cell * i * (1.0 - g * g), dh * tanh_mem * o * (1.0 - o))
       d_mem_prev.append(d_cell * f)
       for gate, dz_gate in enumerate(dz):
@@ -168,7 +183,7 @@ def _backward_kernel(d_out_ref, mask_ref, mem_prev_ref, acts_ref, tanh_mem_ref, 
         dz_parts = _split(dz_gate) if split else (dz_gate,)
         for j in range(blocks):
           d_hid_prev[j] = d_hid_prev[j] + _product(
-              dz_parts, [w[w_lane, cols, _units(j, width)] for w in w_t_refs])
+              dz_parts, _weights(w_t_refs, w_lane, cols, _units(j, width)))
     return tuple(d_hid_prev), tuple(d_mem_prev)
 
   zeros = (jnp.zeros((_MIN_TILE, width), jnp.float32),) * blocks
