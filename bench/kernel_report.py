@@ -250,33 +250,12 @@ def assemble(ptx: str, ptxas: pathlib.Path, folder: pathlib.Path, stem: str) -> 
 
 # One SASS instruction in cuobjdump's listing: /*0a30*/  @!P0 FFMA R4, R5, R6, R7 ;
 _SASS = re.compile(r"^\s+/\*([0-9a-f]{4,6})\*/\s+(.*?)\s*;")
-_BRANCH = re.compile(r"\bBRA\s+(?:`\(\.L_x_\d+\)\s*|0x([0-9a-f]+))")
-_LABEL = re.compile(r"^\.(L_x_\d+):")
 
 
 def sass_instructions(listing: str) -> list[tuple[int, str]]:
-  """(address, instruction text) of the first function of a cuobjdump -sass listing, with
-  branches' targets as addresses."""
-  labels, instructions, pending = {}, [], []
-  for line in listing.splitlines():
-    label = _LABEL.match(line.strip())
-    if label:
-      pending.append(label.group(1))
-      continue
-    match = _SASS.match(line)
-    if match:
-      address = int(match.group(1), 16)
-      for name in pending:
-        labels[name] = address
-      pending = []
-      instructions.append((address, match.group(2)))
-  resolved = []
-  for address, text in instructions:
-    target = re.search(r"`\((\.L_x_\d+)\)", text)
-    if target and target.group(1).lstrip(".") in labels:
-      text = text.replace(target.group(0), hex(labels[target.group(1).lstrip(".")]))
-    resolved.append((address, text))
-  return resolved
+  """(address, instruction text) of every instruction in a cuobjdump -sass listing of one
+  kernel (branches name absolute addresses there)."""
+  return [(int(m.group(1), 16), m.group(2)) for m in map(_SASS.match, listing.splitlines()) if m]
 
 
 def opcode(text: str) -> str:
@@ -290,7 +269,7 @@ def recurrence_loop(instructions: list[tuple[int, str]]) -> dict:
   loops = []
   for address, text in instructions:
     target = re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", text)
-    if target and int(target.group(1), 16) <= address:
+    if target and int(target.group(1), 16) < address:  # not the self-branch ending a kernel
       loops.append((int(target.group(1), 16), address))
   if not loops:
     raise RuntimeError("no loop in the SASS: the recurrence was unrolled or not found")
@@ -299,7 +278,9 @@ def recurrence_loop(instructions: list[tuple[int, str]]) -> dict:
   counts = {}
   for text in body:
     counts[opcode(text)] = counts.get(opcode(text), 0) + 1
-  return dict(total=len(body), counts=counts, instructions=body)
+  # Loops inside the step run more than once per step: the count is then a lower bound.
+  inner = sum(1 for span in loops if span != (start, end) and start <= span[0] < span[1] <= end)
+  return dict(total=len(body), counts=counts, instructions=body, inner_loops=inner)
 
 
 def disassemble(cubin: pathlib.Path, tools: Tools) -> str:
@@ -405,7 +386,8 @@ def print_table(rows: list[Row], steps: int) -> None:
       continue
     e = r.estimate
     print(f"{head} | {r.registers} | {r.spill_stores} / {r.spill_loads} | "
-          f"{r.shared_bytes / 1024:.0f} | {r.loop['total']:,} ({r.loop['counts'].get('HMMA', 0)}) "
+          f"{r.shared_bytes / 1024:.0f} | {'>= ' if r.loop['inner_loops'] else ''}"
+          f"{r.loop['total']:,} ({r.loop['counts'].get('HMMA', 0)}) "
           f"| {e['l2_kib']:.0f} ({e['l1_kib']:.0f}) | {e['issue_us']:.2f} / {e['tensor_us']:.2f} / {e['l2_us']:.2f} "
           f"| {e['us']:.2f} ({e['bound']}) |")
   print()
