@@ -35,6 +35,7 @@ import textwrap
 import zipfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the plugin's "no CUDA driver" notices
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -119,8 +120,11 @@ def fetch_wheel(name: str, version: str, cache: pathlib.Path) -> pathlib.Path:
   if (folder / ".unpacked").exists():
     return folder
   with tempfile.TemporaryDirectory(dir=cache) as download:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
-                    "--only-binary=:all:", "--dest", download, f"{name}=={version}"], check=True)
+    run = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                          "--only-binary=:all:", "--dest", download, f"{name}=={version}"],
+                         capture_output=True, text=True, check=False)
+    if run.returncode:
+      raise SystemExit(f"pip download {name}=={version} failed:\n{run.stderr.strip()[-2000:]}")
     [wheel] = pathlib.Path(download).glob("*.whl")
     with zipfile.ZipFile(wheel) as archive:
       for member in archive.infolist():
@@ -432,9 +436,9 @@ def main(argv=None) -> int:
   with jax.default_matmul_precision(args.precision):
     calls = {v: export_kernels(VARIANT_LANES[v], args.length, args.batch, args.hidden)
              for v in variants}
-  print(f"jax {jax.__version__}; {tools.plugin.name}, {tools.ptxas.parents[2].name.split('-')[0]} "
-        f"ptxas of {tools.ptxas.parents[3].name}; L={args.length} B={args.batch} H={args.hidden}"
-        f", matmul precision {args.precision}")
+  print(f"jax {jax.__version__}; Triton of {tools.plugin.name}, ptxas of "
+        f"{tools.ptxas.parents[3].name}, {tools.cuobjdump.parents[3].name}; L={args.length} "
+        f"B={args.batch} H={args.hidden}, matmul precision {args.precision}")
   with contextlib.ExitStack() as stack:
     keep = (pathlib.Path(args.keep) if args.keep
             else pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory())))
