@@ -34,8 +34,6 @@ import tempfile
 import textwrap
 import zipfile
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the plugin's "no CUDA driver" notices
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -426,6 +424,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  # Nothing here runs on a device, even where there is one.
+  jax.config.update("jax_platforms", "cpu")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the plugin's "no CUDA driver" notices
   archs = args.archs.split(",")
   variants = args.variants.split(",")
   for name, known in (("arch", CHIPS), ("variant", VARIANT_LANES)):
