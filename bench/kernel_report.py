@@ -17,9 +17,11 @@ spilled bytes, shared memory, SASS instructions per step and an estimated time p
 assumptions are printed below the table. `--check` exits with 1 if a kernel fails to compile or
 spills.
 
-The wheels it needs (the plugin and PJRT plugin at jax's version, the nvcc of
-requirements-cuda.txt for ptxas, a cuobjdump) are fetched once with pip into `--cache` (default
-~/.cache/tea_jax/kernel_report); nothing is installed into the running environment. Runs on CPU.
+Without a device Pallas lowers the kernels as for compute capability 9.0; the IR is then compiled
+for each architecture asked for. The wheels it needs (the plugin and PJRT plugin at jax's
+version, the nvcc of requirements-cuda.txt for ptxas, cuobjdump and the nvdisasm it runs) are
+fetched once with pip into `--cache` (default ~/.cache/tea_jax/kernel_report); nothing is
+installed into the running environment. Runs on the CPU.
 """
 
 import argparse

@@ -26,6 +26,7 @@ On a CPU (tests) the same kernels run in Pallas' interpret mode.
 
 import functools
 import logging
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -129,8 +130,9 @@ def _forward_kernel(gin_ref, mask_ref, *refs, split: bool, width: int):
       acts = []
       for gate, activation in enumerate(_ACTIVATIONS):
         cols = _columns(gate, j, hidden, width)
-        recurrent = sum(_product(hid_parts[k], _weights(w_refs, w_lane, _units(k, width), cols))
-                        for k in range(blocks))
+        recurrent = functools.reduce(operator.add, (
+            _product(hid_parts[k], _weights(w_refs, w_lane, _units(k, width), cols))
+            for k in range(blocks)))
         acts.append(activation(_once(gin_ref, t, lane, rows, cols) + recurrent))
         acts_ref[t, lane, rows, cols] = acts[-1]
       i, f, g, o = acts
@@ -164,7 +166,7 @@ def _backward_kernel(d_out_ref, mask_ref, mem_prev_ref, acts_ref, tanh_mem_ref, 
     t = steps - 1 - s
     valid = mask_ref[t, lane, rows]
     w_lane = _per_step(lane, s)
-    d_hid_prev = [jnp.zeros((_MIN_TILE, width), jnp.float32) for _ in range(blocks)]
+    d_hid_prev = [None] * blocks  # sums over the gates and blocks of dz @ w_hh^T
     d_mem_prev = []
     for k in range(blocks):
       units = _units(k, width)
@@ -182,8 +184,8 @@ def _backward_kernel(d_out_ref, mask_ref, mem_prev_ref, acts_ref, tanh_mem_ref, 
         dz_ref[t, lane, rows, cols] = dz_gate
         dz_parts = _split(dz_gate) if split else (dz_gate,)
         for j in range(blocks):
-          d_hid_prev[j] = d_hid_prev[j] + _product(
-              dz_parts, _weights(w_t_refs, w_lane, cols, _units(j, width)))
+          term = _product(dz_parts, _weights(w_t_refs, w_lane, cols, _units(j, width)))
+          d_hid_prev[j] = term if d_hid_prev[j] is None else d_hid_prev[j] + term
     return tuple(d_hid_prev), tuple(d_mem_prev)
 
   zeros = (jnp.zeros((_MIN_TILE, width), jnp.float32),) * blocks
