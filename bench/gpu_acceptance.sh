@@ -45,6 +45,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$BUDGET" in ''|*[!0-9]*) echo "gpu_acceptance.sh: --budget must be whole seconds" >&2; exit 2;; esac
+# The steps run from the repository root: make the caller's relative paths absolute first.
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+OUT_FILE=$(absolute "$OUT_FILE")
+[ -n "$WHEELS" ] && WHEELS=$(absolute "$WHEELS")
 
 lock_version() {  # the version requirements.txt pins for a package (case and -/_ insensitive)
   local want
@@ -75,7 +79,8 @@ NAMES=(); CAPS=(); COMMANDS=()
 add_step() { NAMES+=("$1"); CAPS+=("$2"); COMMANDS+=("$3"); }
 
 WORK=${TMPDIR:-/tmp}/tea_jax_gpu_acceptance.$$
-NARRATE_EOS_FLAG=""
+# An option of bench/narrate.py naming "eos" as a word (--eos-lengths, --stop-at-eos; not --videos).
+EOS_FLAG='--([a-z0-9]+-)*eos(-[a-z0-9]+)*\b'
 add_step install 60 "install_wheels"
 add_step train_step_auto 170 "$PY bench/train_step.py --variants emb,tea --lstm auto \
 --repeats 10 --cache-dir $WORK/cache_auto"
@@ -93,20 +98,28 @@ add_step train_step_scan 240 "$PY bench/train_step.py --variants emb,tea --lstm 
 
 narrate_flags_help() { (cd "$REPO" && "$PY" bench/narrate.py --help 2>/dev/null); }
 
-narrate_eos() {  # the EOS-realistic narration, where bench/narrate.py has such a flag
-  local help flag
+eos_arguments() {  # what turns on EOS-realistic lengths in bench/narrate.py, if anything does
+  local help flag choice
   help=$(narrate_flags_help)
-  flag=$(echo "$help" | grep -oE -- '--[a-z0-9-]*eos[a-z0-9-]*' | head -1)
-  if [ -z "$flag" ]; then
-    echo "SKIPPED: bench/narrate.py has no EOS-realistic flag (no option naming 'eos')"
+  # A switch naming "eos" (--eos-lengths), or an option with "eos" among its choices
+  # (--lengths {forced,eos}).
+  flag=$(echo "$help" | grep -oE -- "$EOS_FLAG" | head -1)
+  if [ -n "$flag" ] && ! echo "$help" | grep -qE -- "$flag [A-Z_{]"; then echo "$flag"; return; fi
+  choice=$(echo "$help" | grep -oE -- '--[a-z0-9-]+ \{[a-z0-9_,-]*\beos\b[a-z0-9_,-]*\}' | head -1)
+  [ -n "$choice" ] && echo "${choice%% *} eos"
+}
+
+narrate_eos() {  # the EOS-realistic narration, where bench/narrate.py has such a flag
+  local arguments
+  arguments=$(eos_arguments)
+  if [ -z "$arguments" ]; then
+    echo "SKIPPED: bench/narrate.py has no EOS-realistic switch (an option naming 'eos')"
     return 3
   fi
-  if echo "$help" | grep -qE -- "$flag [A-Z_]+"; then
-    echo "SKIPPED: $flag takes a value this script does not know"
-    return 3
-  fi
+  echo "EOS-realistic lengths: $arguments"
+  # shellcheck disable=SC2086  # the switch and its value as separate words
   "$PY" bench/narrate.py --architecture llava-1.5-13b --batch-sizes auto,64 --paths fast \
-    --new-tokens 60 "$flag"
+    --new-tokens 60 $arguments
 }
 
 install_wheels() {  # installs the carried wheels of the packages missing here
@@ -144,9 +157,9 @@ if [ "$MODE" = dry-run ]; then
       echo "$help" | grep -q -- "$flag" || { echo "  ${NAMES[$i]}: $script has no $flag"; status=1; }
     done
   done
-  flag=$(narrate_flags_help | grep -oE -- '--[a-z0-9-]*eos[a-z0-9-]*' | head -1)
-  if [ -n "$flag" ]; then echo "  narrate.py has $flag: step 5 runs with it"
-  else echo "  narrate.py has no EOS-realistic flag yet: step 5 will be recorded as skipped"; fi
+  arguments=$(eos_arguments)
+  if [ -n "$arguments" ]; then echo "  narrate.py takes '$arguments': step 5 runs with it"
+  else echo "  narrate.py has no EOS-realistic switch yet: step 5 will be recorded as skipped"; fi
   [ $status -eq 0 ] && echo "dry run: every step's flags are known to its script"
   exit $status
 fi
@@ -164,8 +177,11 @@ for i in "${!NAMES[@]}"; do
   name=${NAMES[$i]}
   log="$WORK/logs/$name.log"
   later=$(( ${#NAMES[@]} - i - 1 ))
-  # Leave every later step 15 s, so that one slow step cannot take the whole budget.
-  allowed=$(( deadline - $(date +%s) - 15 * later ))
+  # Leave every later step 15 s (at most half of what remains), so that one slow step cannot take
+  # the whole budget.
+  remaining=$(( deadline - $(date +%s) ))
+  reserve=$(( 15 * later < remaining / 2 ? 15 * later : remaining / 2 ))
+  allowed=$(( remaining - reserve ))
   [ "$allowed" -gt "${CAPS[$i]}" ] && allowed=${CAPS[$i]}
   if [ "$allowed" -lt 15 ]; then
     echo "SKIPPED: out of time (budget ${BUDGET}s)" > "$log"
@@ -174,17 +190,18 @@ for i in "${!NAMES[@]}"; do
     continue
   fi
   echo "== $name (at most ${allowed}s)"
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   case "${COMMANDS[$i]}" in
     install_wheels|narrate_eos)
       # Shell functions: run in a subshell under the same time box.
-      ( export -f install_wheels narrate_eos narrate_flags_help
-        export PY WHEELS WORK REPO
+      ( export -f install_wheels narrate_eos eos_arguments narrate_flags_help
+        export PY WHEELS WORK REPO EOS_FLAG
         timeout --kill-after=10 "$allowed" bash -c "${COMMANDS[$i]}" ) > "$log" 2>&1 ;;
     *) timeout --kill-after=10 "$allowed" bash -c "${COMMANDS[$i]}" > "$log" 2>&1 ;;
   esac
   rc=$?
-  seconds=$(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || echo 0)
+  milliseconds=$(( ($(date +%s%N) - t0) / 1000000 ))
+  seconds=$((milliseconds / 1000)).$(printf '%03d' $((milliseconds % 1000)))
   case $rc in 0) status=ok ;; 3) status=skipped ;; 124|137) status=timed_out ;; *) status=failed ;;
   esac
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$seconds" "${COMMANDS[$i]}" >> "$records"
@@ -193,7 +210,7 @@ done
 
 # --- One JSON file: the machine, then every step with its tables and the end of its output. ---
 "$PY" - "$records" "$WORK/logs" "$OUT_FILE" "$BUDGET" "$start" <<'PYTHON'
-import datetime, importlib.metadata, json, os, pathlib, subprocess, sys, time
+import datetime, importlib.metadata, json, pathlib, re, subprocess, sys, time
 
 records, logs, out_file, budget, start = sys.argv[1:6]
 
@@ -233,12 +250,15 @@ steps = []
 for line in pathlib.Path(records).read_text().splitlines():
   name, status, rc, seconds, command = line.split("\t", 4)
   text = (pathlib.Path(logs) / f"{name}.log").read_text(errors="replace")
+  # Lines worth reading first: warnings (e.g. model.lstm=auto falling back to the scan), errors.
+  notes = [l for l in text.splitlines() if re.search(r"(?i)warn|error|using the scan|skipped", l)]
   steps.append(dict(name=name, status=status, exit_code=int(rc), seconds=round(float(seconds), 1),
-                    command=command, tables=tables(text), output_tail=text[-6000:]))
+                    command=command, tables=tables(text), notes=notes[:30],
+                    output_tail=text[-6000:]))
 result = dict(
     finished=datetime.datetime.now().isoformat(timespec="seconds"),
     wall_seconds=round(time.time() - int(start), 1), budget_seconds=int(budget),
-    gpu=gpu(), python=sys.version.split()[0],
+    gpu=gpu(), python=sys.version.split()[0], logs=logs,
     packages={n: version(n) for n in ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin",
                                       "flax", "optax", "orbax-checkpoint", "ml_collections", "torch",
                                       "transformers")},
