@@ -44,7 +44,9 @@ while [ $# -gt 0 ]; do
     *) echo "gpu_acceptance.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$BUDGET" in ''|*[!0-9]*) echo "gpu_acceptance.sh: --budget must be whole seconds" >&2; exit 2;; esac
+case "$BUDGET" in
+  ''|*[!0-9]*) echo "gpu_acceptance.sh: --budget must be whole seconds" >&2; exit 2 ;;
+esac
 # The steps run from the repository root: make the caller's relative paths absolute first.
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 OUT_FILE=$(absolute "$OUT_FILE")
@@ -154,7 +156,8 @@ if [ "$MODE" = dry-run ]; then
     help=$(cd "$REPO" && "$PY" "$script" --help 2>/dev/null) || {
       echo "  ${NAMES[$i]}: $script --help failed here"; status=1; continue; }
     for flag in $(echo "${COMMANDS[$i]}" | grep -oE -- ' --[a-z0-9-]+' ); do
-      echo "$help" | grep -q -- "$flag" || { echo "  ${NAMES[$i]}: $script has no $flag"; status=1; }
+      echo "$help" | grep -q -- "$flag" || {
+        echo "  ${NAMES[$i]}: $script has no $flag"; status=1; }
     done
   done
   arguments=$(eos_arguments)
@@ -219,7 +222,8 @@ def tables(text):
   """The markdown tables of a step's output, each a list of {column: cell} rows."""
   found, header = [], None
   for line in text.splitlines():
-    cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else None
+    row = line.startswith("|")
+    cells = [c.strip() for c in line.strip().strip("|").split("|")] if row else None
     if cells is None:
       header = None
     elif header is None:
@@ -259,9 +263,9 @@ result = dict(
     finished=datetime.datetime.now().isoformat(timespec="seconds"),
     wall_seconds=round(time.time() - int(start), 1), budget_seconds=int(budget),
     gpu=gpu(), python=sys.version.split()[0], logs=logs,
-    packages={n: version(n) for n in ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin",
-                                      "flax", "optax", "orbax-checkpoint", "ml_collections", "torch",
-                                      "transformers")},
+    packages={n: version(n) for n in (
+        "jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda13-plugin", "flax", "optax",
+        "orbax-checkpoint", "ml_collections", "torch", "transformers")},
     steps=steps)
 pathlib.Path(out_file).write_text(json.dumps(result, indent=1))
 print(f"wrote {out_file}: " + ", ".join(f"{s['name']} {s['status']}" for s in steps))

@@ -392,7 +392,8 @@ def print_table(rows: list[Row], steps: int) -> None:
     print(f"{head} | {r.registers} | {r.spill_stores} / {r.spill_loads} | "
           f"{r.shared_bytes / 1024:.0f} | {'>= ' if r.loop['inner_loops'] else ''}"
           f"{r.loop['total']:,} ({r.loop['counts'].get('HMMA', 0)}) "
-          f"| {e['l2_kib']:.0f} ({e['l1_kib']:.0f}) | {e['issue_us']:.2f} / {e['tensor_us']:.2f} / {e['l2_us']:.2f} "
+          f"| {e['l2_kib']:.0f} ({e['l1_kib']:.0f}) | {e['issue_us']:.2f} / "
+          f"{e['tensor_us']:.2f} / {e['l2_us']:.2f} "
           f"| {e['us']:.2f} ({e['bound']}) |")
   print()
   text = ASSUMPTIONS.format(chips=chip_assumptions(sorted({r.arch for r in rows})))
