@@ -61,7 +61,7 @@ def _split(x):
 
 def _product(a_parts, b_parts):
   """a @ b from the parts of _split (three bfloat16 products accumulated in float32, the small
-  ones first: relative error ~2^-16, below TF32's 2^-11), or of one float32 pair, exactly."""
+  ones first: relative error ~2^-16, below TF32's 2^-11), or of one float32 pair in full float32."""
   dot = functools.partial(jnp.dot, preferred_element_type=jnp.float32)
   if len(a_parts) == 1:
     return dot(a_parts[0], b_parts[0], precision=jax.lax.Precision.HIGHEST)
