@@ -102,6 +102,7 @@ def test_padding_to_kernel_tiles_is_exact():
   assert np.all(np.asarray(padded)[..., 20:32] == 0)
   np.testing.assert_array_equal(lstm_kernel._unpad_gates(padded, 4, 16), x)
   assert [lstm_kernel._tile(n) for n in (1, 3, 16, 17, 128)] == [16, 16, 16, 32, 128]
+  assert [lstm_kernel._batch_tiles(n) for n in (1, 16, 17, 20, 32, 33)] == [1, 1, 2, 2, 2, 3]
 
 
 def test_auto_is_the_kernel_on_gpus_only(monkeypatch):
@@ -140,10 +141,68 @@ def test_auto_falls_back_to_the_scan_where_the_kernels_do_not_compile(monkeypatc
 
 
 def test_kernel_precision_follows_the_matmul_precision_config():
-  # tests/conftest.py asks for "highest": the kernels must not fall back to TF32 then.
-  assert lstm_kernel._matmul_precision() == jax.lax.Precision.HIGHEST
+  # tests/conftest.py asks for "highest": the kernels must multiply in full float32 then.
+  assert not lstm_kernel._split_matmul()
   with jax.default_matmul_precision("tensorfloat32"):
-    assert lstm_kernel._matmul_precision() == jax.lax.Precision.DEFAULT
+    assert lstm_kernel._split_matmul()
+
+
+def tf32(x):
+  """x rounded to TF32 (10 stored mantissa bits, nearest with ties away), as float32."""
+  bits = np.asarray(x, np.float32).view(np.uint32)
+  return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def test_split_product_is_closer_to_float32_than_tf32(rng):
+  # The default precision's three bfloat16 products against float64: several times closer than
+  # a TF32 matmul (operands rounded to 11 significant bits), unlike one bfloat16 product (8 bits).
+  a = rng.normal(size=(16, 128)).astype(np.float32)
+  b = rng.normal(size=(128, 64)).astype(np.float32)
+  exact = a.astype(np.float64) @ b.astype(np.float64)
+  error = lambda x: np.abs(np.asarray(x, np.float64) - exact).max() / np.abs(exact).max()
+  tf32_error = error(tf32(a).astype(np.float64) @ tf32(b).astype(np.float64))
+  ours = lstm_kernel._product(lstm_kernel._split(a), lstm_kernel._split(b))
+  one_bf16 = jnp.dot(jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16),
+                     preferred_element_type=jnp.float32)
+  assert 0 < error(ours) < tf32_error / 8 and error(one_bf16) > tf32_error
+  assert error(lstm_kernel._product((a,), (b,))) < 1e-6
+
+
+def test_kernels_at_default_precision_follow_the_scan(rng):
+  # Default precision (TF32 for XLA's matmuls on GPUs): the kernels take the split products,
+  # which are not the scan's float32 matmuls bit for bit but close to them.
+  gates, mask, w_hh = ragged_lanes(rng)
+  d_out = rng.normal(size=gates.shape[:-1] + (w_hh.shape[1],)).astype(np.float32)
+  ref_out, ref_saved = bilstm._scan_forward(lanes(gates), lanes(mask), w_hh)
+  ref_dz = np.stack(bilstm._scan_backward(lanes(d_out), lanes(mask), ref_saved, w_hh), axis=1)
+  with jax.default_matmul_precision("default"):
+    out, saved = lstm_kernel.lstm_forward(gates, mask, w_hh, interpret=True)
+    dz = lstm_kernel.lstm_backward(d_out, mask, ref_saved, w_hh, interpret=True)
+  for ours, ref in ((out, np.stack(ref_out, axis=1)), (dz, ref_dz)):
+    difference = np.abs(np.asarray(ours) - ref).max()
+    assert 0 < difference < 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("batch,hidden", [(32, 128), (20, 100)])
+def test_kernels_at_training_tiles_equal_scan(rng, batch, hidden):
+  # Several programs per lane (tiles of 16 samples) and several blocks of hidden units per step,
+  # as at the training shapes (H = 128); 20 samples and 100 units leave padded rows and units
+  # inside the last tile and block.
+  steps = 4
+  lengths = np.resize([4, 1, 3, 2], batch)
+  m_f = (np.arange(steps)[:, None] < lengths[None]).astype(np.float32)[..., None]
+  mask = np.stack([m_f, m_f[::-1]], axis=1)
+  gates = rng.normal(size=(steps, 2, batch, 4 * hidden)).astype(np.float32)
+  w_hh = (rng.normal(size=(2, hidden, 4 * hidden)) / np.sqrt(hidden)).astype(np.float32)
+  d_out = rng.normal(size=(steps, 2, batch, hidden)).astype(np.float32)
+  out, saved = lstm_kernel.lstm_forward(gates, mask, w_hh, interpret=True)
+  ref_out, ref_saved = bilstm._scan_forward(lanes(gates), lanes(mask), w_hh)
+  np.testing.assert_allclose(out, np.stack(ref_out, axis=1), rtol=1e-5, atol=1e-6)
+  for ours, ref in zip(saved, ref_saved):
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+  dz = lstm_kernel.lstm_backward(d_out, mask, ref_saved, w_hh, interpret=True)
+  ref_dz = np.stack(bilstm._scan_backward(lanes(d_out), lanes(mask), ref_saved, w_hh), axis=1)
+  np.testing.assert_allclose(dz, ref_dz, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("steps,lanes,batch,hidden", [(128, 4, 16, 128), (9, 2, 3, 4)])

@@ -41,6 +41,22 @@ def test_cuda_plugin_matches_the_pinned_jax():
   assert not set(cuda) & set(lock)  # the CUDA file only adds
 
 
+# The CUDA release whose ptxas first assembles the PTX a jax version's Triton writes (jax 0.10.2:
+# PTX ISA 8.8, which 12.8's ptxas rejects); `python bench/kernel_report.py --check` measures it.
+PTX_RELEASE = {"0.10.2": (12, 9)}
+
+
+def test_cuda_compiler_and_linker_are_one_release_that_takes_the_pinned_jax_ptx():
+  lock, cuda = pins("requirements.txt"), pins("requirements-cuda.txt")
+  assert lock["jax"] in PTX_RELEASE, "new jax: check its kernels with bench/kernel_report.py"
+  release = lambda version: tuple(int(part) for part in version.split(".")[:2])
+  toolkit = {name: release(cuda[name]) for name in (
+      "nvidia-cuda-nvcc-cu12", "nvidia-nvjitlink-cu12", "nvidia-cuda-nvrtc-cu12",
+      "nvidia-cuda-runtime-cu12", "nvidia-cuda-cupti-cu12")}
+  assert len(set(toolkit.values())) == 1, f"one CUDA release expected: {toolkit}"
+  assert min(toolkit.values()) >= PTX_RELEASE[lock["jax"]], toolkit
+
+
 def project() -> dict:
   return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
