@@ -52,6 +52,12 @@ def data_config(root: str, splits: dict[str, str], train: str, selection: str,
   # Fail on the first bad annotation record / missing feature instead of reporting and skipping
   # (implies bad_records = "fail").
   d.strict = False
+  # A video of an evaluation split (any split but train_split) without features, or without
+  # narratives for a model that reads them: "fail" stops the build naming them, so that every
+  # annotated pair is evaluated; "zeros" gives missing narratives zero rows (features must exist);
+  # "skip" leaves their pairs out (the metrics then say how many pairs were evaluated). Training
+  # videos without them are skipped and reported whatever this says.
+  d.missing = "fail"
   # Padded lengths of batches: 0 = automatic (longest in the records, rounded up to 8).
   d.pad_snippets = 0
   d.pad_words = 0
@@ -87,6 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Metric that selects the best checkpoint on data.selection_split ("r1_sum_miou" = EMB's
   # R1@0.3 + R1@0.5 + R1@0.7 + mIoU).
   c.selection_metric = "r1_sum_miou"
+  # Evaluation protocol. "val": the checkpoint is chosen on data.selection_split once per epoch
+  # (every eval_every_epochs) and every eval split is reported for it. "reference": EMB's training
+  # loop, which the paper's numbers come from: every eval split is evaluated every
+  # steps_per_epoch // 2 steps and at each epoch end, and each split reports its own best
+  # evaluation by R1@0.3 + R1@0.5 + R1@0.7 + mIoU (selected on the reported split: optimistic).
+  c.protocol = "val"
   # Log training metrics every this many steps.
   c.log_every_steps = 50
   # Stop after this many steps (0 = train all epochs); a later run resumes to the end.

@@ -67,6 +67,8 @@ class Build:
   schema: object
   tmp_dir: str
   missing: dict = dataclasses.field(default_factory=collections.OrderedDict)
+  # split -> its videos given zero narrative rows (data.missing="zeros")
+  zero_narratives: dict = dataclasses.field(default_factory=dict)
   max_len: int = 0
   max_words: int = 0
 
@@ -172,7 +174,7 @@ def video_narrative_rows(build: Build, split: str, vid: str, duration: float,
   """(v_len, narrative_dim) aligned narratives, zeros without a narratives file, or None when the
   video has none (recorded as missing)."""
   data = build.config.data
-  if not build.narratives_file:
+  if not build.narratives_file or vid in build.zero_narratives.get(split, ()):
     return np.zeros((v_len, build.config.model.narrative_dim), np.float32)
   if vid not in build.narratives:
     build.missing.setdefault(vid, f"no narratives for video {vid!r} in {build.narratives_file}")
@@ -220,6 +222,34 @@ def video_example(build: Build, split: str, ann: Annotations, tokens: list, vid:
       "queries": queries}), len(queries)
 
 
+def check_missing(build: Build, split: str, by_video: dict) -> None:
+  """An evaluation split's videos without features, or without narratives for a model that reads
+  them (data.missing): "fail" stops here naming them, so that no annotated pair drops out of an
+  evaluation unseen; "zeros" gives missing narratives zero rows (counted in meta.json); "skip"
+  leaves their pairs out (reported, and metrics.json says how many pairs were evaluated)."""
+  data = build.config.data
+  if split == data.train_split or data.strict:  # strict stops at the first one anyway
+    return
+  policy = data.get("missing", "fail")
+  no_features = [v for v in by_video if v not in build.features]
+  no_narratives = [v for v in by_video if build.narratives_file and v not in build.narratives
+                   and v not in no_features]
+  if policy == "zeros" and no_narratives:
+    build.zero_narratives[split] = no_narratives
+    log.warning("%s: %d videos without narratives get zero rows (data.missing='zeros'), e.g. %s",
+                split, len(no_narratives), ", ".join(no_narratives[:3]))
+    no_narratives = []
+  if policy == "skip" or not (no_features or no_narratives):
+    return
+  pairs = sum(len(by_video[v]) for v in no_features + no_narratives)
+  listed = [f"{len(ids)} without {what} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+            for what, ids in (("features", no_features), ("narratives", no_narratives)) if ids]
+  raise InputError(f"{split}: {' and '.join(listed)} of its {len(by_video)} videos; their "
+                   f"{pairs} pairs would not be evaluated. Provide them, or set data.missing="
+                   f"'zeros' (missing narratives as zero rows) or 'skip' (left out; the metrics "
+                   f"then say how many pairs were evaluated)")
+
+
 def write_split(build: Build, split: str, ann: Annotations, tokens: list,
                 progress: bool) -> dict:
   """Writes one split's shards into the temporary folder; returns its meta.json entry."""
@@ -227,6 +257,7 @@ def write_split(build: Build, split: str, ann: Annotations, tokens: list,
   by_video = collections.OrderedDict()
   for i, pair in enumerate(ann.pairs):
     by_video.setdefault(pair.video_id, []).append(i)
+  check_missing(build, split, by_video)
   num_shards = max(1, min(build.config.data.num_shards, len(by_video)))
   names = shard_names(split, num_shards)
   per_shard = -(-len(by_video) // num_shards)
@@ -266,7 +297,8 @@ def record_meta(build: Build, splits: dict, order: list[str], narrative_problems
                       "skipped": sum(m["skipped_records"] for m in splits.values())},
       "missing_videos": dict(build.missing), "narrative_problems": narrative_problems,
       # Whether the narrative rows hold narratives (a model that reads them refuses zero rows).
-      "narratives": {"read": bool(build.narratives_file), "file": build.narratives_file or None},
+      "narratives": {"read": bool(build.narratives_file), "file": build.narratives_file or None,
+                     "zero_rows": build.zero_narratives},
       "word_vectors": build.vocab.stats,
       "sources": {"root": os.path.abspath(data.root), "features": data_path(data, "features"),
                   "word_vectors": data_path(data, "word_vectors"),

@@ -7,8 +7,9 @@
 (the workdir's other files: tea_jax.workdir).
 
 One CheckpointManager per run decides what is kept (docs/design.md section 18): the latest
-`keep_latest` checkpoints and the best one by the selection metric (ties go to the earlier step), so
-the best checkpoint is a fact on disk, written in the same atomic step as the checkpoint itself.
+`keep_latest` checkpoints and, for each (split, metric) the protocol selects by, the best one (ties
+go to the earlier step), so a best checkpoint is a fact on disk, written in the same atomic step as
+the checkpoint itself. An evaluated checkpoint carries {"step": s, "splits": {split: summary}}.
 
 Checkpoints restore onto the devices of the restoring run, replicated, whatever topology saved
 them: a checkpoint written by two hosts evaluates on one CPU, and the other way round.
@@ -16,6 +17,7 @@ them: a checkpoint written by two hosts evaluates on one CPU, and the other way 
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -27,6 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from orbax.checkpoint import checkpoint_managers
 
+from tea_jax import workdir as workdir_files
 from tea_jax.errors import CheckpointError
 from tea_jax.mesh import make_mesh
 
@@ -37,16 +40,35 @@ CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
 VARIABLES = "variables"
 TRAIN_STATE = "train_state"
-# The metric entry every evaluated checkpoint carries: the configured selection metric's value.
-SELECTION = "selection_value"
+# The metric the reference protocol selects by on every reported split (EMB's R1 sum + mIoU).
+REFERENCE_METRIC = "r1_sum_miou"
 # What a workdir of an older tea_jax holds instead (a best checkpoint kept by hand).
 _OLDER_LAYOUT = ("best", "best.json")
 RETRAIN = "train into a new workdir (evaluation and predict still read its checkpoints' variables)"
 
 
-def _ranking(metrics: dict) -> tuple[float, int]:
-  """Sort key of an evaluated checkpoint: higher selection value first, then the earlier step."""
-  return metrics[SELECTION], -metrics["step"]
+def ranking(split: str, metric: str):
+  """Sort key of a checkpoint by `metric` on `split`: higher first, then the earlier step; one
+  without an evaluation of `split` comes last."""
+  def key(metrics) -> tuple[float, int]:
+    summary = (metrics or {}).get("splits", {}).get(split)
+    return (summary[metric] if summary else -math.inf), -(metrics or {}).get("step", 0)
+  return key
+
+
+def selections(config) -> list[tuple[str, str]]:
+  """The (split, metric) pairs a run keeps the best checkpoint of: the selection split's metric
+  under "val", every reported split's R1 sum + mIoU under "reference"."""
+  if config.get("protocol", "val") == "reference":
+    return [(split, REFERENCE_METRIC) for split in config.data.eval_splits]
+  return [(config.data.selection_split, config.selection_metric)]
+
+
+def model_selection(config) -> tuple[str, str] | None:
+  """The (split, metric) whose best checkpoint is "the workdir's model" (for predict, and for
+  evaluation without --step): the first of `selections`; None for a workdir without data (an
+  imported EMB checkpoint: its only checkpoint)."""
+  return selections(config)[0] if config.get("data") else None
 
 
 def check_layout(workdir: str) -> None:
@@ -92,20 +114,23 @@ def _screen(directory: str, read_only: bool) -> None:
     _move_aside(directory, int(name), why)
 
 
-def manager(workdir: str, *, keep_latest: int = 2, read_only: bool = False
-            ) -> ocp.CheckpointManager:
+def manager(workdir: str, *, keep_best: list[tuple[str, str]] = (), keep_latest: int = 2,
+            read_only: bool = False) -> ocp.CheckpointManager:
   """The run's CheckpointManager over `workdir/checkpoints`: keeps the latest `keep_latest`
-  checkpoints and the best evaluated one."""
+  checkpoints and the best one for each (split, metric) of `keep_best`."""
   check_layout(workdir)
   directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   _screen(directory, read_only)
-  policy = checkpoint_managers.AnyPreservationPolicy([
-      checkpoint_managers.LatestN(n=keep_latest),
-      checkpoint_managers.BestN(get_metric_fn=_ranking, n=1,
-                                keep_checkpoints_without_metrics=False)])
+  policy = checkpoint_managers.AnyPreservationPolicy(
+      [checkpoint_managers.LatestN(n=keep_latest)]
+      + [checkpoint_managers.BestN(get_metric_fn=ranking(split, metric), n=1,
+                                   keep_checkpoints_without_metrics=False)
+         for split, metric in keep_best])
+  # A best_fn makes Orbax store the metrics with each checkpoint; what is kept is the policy's.
   options = ocp.CheckpointManagerOptions(
       create=not read_only, read_only=read_only, enable_async_checkpointing=False,
-      preservation_policy=None if read_only else policy, best_fn=_ranking, best_mode="max")
+      preservation_policy=None if read_only else policy, best_fn=lambda m: m["step"],
+      best_mode="max")
   # Explicit handlers let item_metadata() describe a checkpoint before anything is restored.
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
               TRAIN_STATE: ocp.StandardCheckpointHandler()}
@@ -114,13 +139,13 @@ def manager(workdir: str, *, keep_latest: int = 2, read_only: bool = False
 
 def save(mngr: ocp.CheckpointManager, step: int, variables: Any, train_state: Any = None,
          metrics: dict | None = None) -> None:
-  """Saves checkpoint `step` (Orbax writes a temporary folder and renames it). `metrics` (the
-  selection split's summary plus SELECTION) mark it as evaluated."""
+  """Saves checkpoint `step` (Orbax writes a temporary folder and renames it). `metrics`
+({split: summary} of the evaluation made at this step) mark it as evaluated."""
   items = {VARIABLES: ocp.args.StandardSave(variables)}
   if train_state is not None:
     items[TRAIN_STATE] = ocp.args.StandardSave(train_state)
   if metrics is not None:
-    metrics = {**metrics, "step": int(step)}
+    metrics = {"step": int(step), "splits": metrics}
   mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
   mngr.wait_until_finished()
 
@@ -132,10 +157,15 @@ def save_variables(workdir: str, variables: Any, step: int = 0) -> str:
     return os.path.join(str(mngr.directory), str(step))
 
 
-def best_step(mngr: ocp.CheckpointManager) -> int | None:
-  """The best evaluated checkpoint, else the latest one, else None."""
-  evaluated = [s for s in mngr.all_steps() if mngr.metrics(s) is not None]
-  return mngr.best_step() if evaluated else mngr.latest_step()
+def best_step(mngr: ocp.CheckpointManager, selection: tuple[str, str] | None) -> int | None:
+  """The best kept checkpoint by `selection` = (split, metric), else the latest one, else None."""
+  if selection is not None:
+    key = ranking(*selection)
+    evaluated = [(key(mngr.metrics(s)), s) for s in mngr.all_steps()]
+    evaluated = [(k, s) for k, s in evaluated if k[0] > -math.inf]
+    if evaluated:
+      return max(evaluated)[1]
+  return mngr.latest_step()
 
 
 def _targets(tree):
@@ -238,16 +268,20 @@ def _first_line(error: Exception) -> str:
   return text[0][:200] if text else ""
 
 
-def restore_variables(workdir: str, step: int | None = None) -> tuple[Any, int]:
-  """Variables of checkpoint `step`, else of the best evaluated checkpoint, else of the latest one.
+def restore_variables(workdir: str, step: int | None = None,
+                      selection: tuple[str, str] | None = None) -> tuple[Any, int]:
+  """Variables of checkpoint `step`, else of the best checkpoint by `selection` (split, metric;
+  default: the workdir's model, `model_selection` of its config.json), else of the latest one.
   Returns (variables, step). A damaged checkpoint is an error naming it (no fallback: the caller
   asked for that checkpoint)."""
+  if step is None and selection is None and os.path.isfile(os.path.join(workdir, workdir_files.CONFIG_FILE)):
+    selection = model_selection(workdir_files.read_config(workdir))
   with manager(workdir, read_only=True) as mngr:
     steps = sorted(mngr.all_steps())
     if not steps:
       raise FileNotFoundError(f"no checkpoint in workdir {workdir!r} ({CHECKPOINT_DIR}/)")
     if step is None:
-      step = best_step(mngr)
+      step = best_step(mngr, selection)
     elif step not in steps:
       raise FileNotFoundError(f"no checkpoint of step {step} in {workdir}; it has {steps}")
     try:

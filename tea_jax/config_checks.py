@@ -26,6 +26,10 @@ LSTM_IMPLEMENTATIONS = ("auto", "scan", "pallas", "cudnn")
 POOLINGS = ("mean", "max")
 # What record building does with an annotation EMB keeps although it is wrong (section 16).
 BAD_RECORD_POLICIES = ("reference", "skip", "fail")
+# What record building does with an evaluation split's video without features or narratives.
+MISSING_POLICIES = ("fail", "zeros", "skip")
+# How checkpoints are chosen and splits reported (configs/common.py: protocol).
+PROTOCOLS = ("val", "reference")
 # What a checkpoint can be selected by: the summary's metrics (not its pair count).
 SELECTION_METRICS = tuple(k for k in metrics.summarise(np.ones(1)) if k != "count")
 
@@ -84,12 +88,13 @@ DATA_RULES: dict[str, Rule] = {
     "max_snippets": POSITIVE, "max_words": POSITIVE, "num_shards": POSITIVE,
     "shuffle_buffer": POSITIVE, "pad_snippets": integer(0), "pad_words": integer(0),
     "pooling": one_of(*POOLINGS), "bad_records": one_of(*BAD_RECORD_POLICIES),
-    "strict": one_of(True, False),
+    "strict": one_of(True, False), "missing": one_of(*MISSING_POLICIES),
 }
 RULES: dict[str, Rule] = {
     "seed": integer(0), "batch_size": POSITIVE, "eval_batch_size": POSITIVE,
     "num_epochs": POSITIVE, "eval_every_epochs": POSITIVE, "log_every_steps": POSITIVE,
     "max_steps": integer(0), "selection_metric": one_of(*SELECTION_METRICS),
+    "protocol": one_of(*PROTOCOLS),
     "optimizer.learning_rate": number(0, open_low=True),
     "optimizer.weight_decay": number(0), "optimizer.b1": number(0, 1, open_high=True),
     "optimizer.b2": number(0, 1, open_high=True), "optimizer.eps": number(0, open_low=True),

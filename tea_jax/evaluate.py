@@ -71,34 +71,87 @@ def evaluate_split(eval_step, variables, records: Records, split: str, batch_siz
   return metrics.summarise(np.array([p["iou"] for p in preds])), preds
 
 
-def evaluate_all(config, variables, records: Records, mesh, out_dir: str, step: int,
-                 progress: bool = True, eval_step=None) -> dict:
-  """Evaluates every configured split; writes metrics.json and predictions_<split>.jsonl."""
+REFERENCE_NOTE = ("each split reports its own best evaluation by R1@0.3 + R1@0.5 + R1@0.7 + mIoU "
+                  "on that same split, evaluated every steps_per_epoch // 2 steps and at each "
+                  "epoch end (EMB's training loop, where the paper's numbers come from): this "
+                  "selects on the test split and is optimistic")
+
+
+def reported_checkpoints(config, workdir: str, step: int | None = None) -> dict[int, list[str]]:
+  """{checkpoint step: the splits it reports}: `step` for every split when given; else the
+  selection split's best ("val", and a workdir without evaluations: its latest), or each split's
+  own best ("reference")."""
+  splits = list(config.data.eval_splits)
+  if step is not None:
+    return {step: splits}
+  with checkpointing.manager(workdir, read_only=True) as mngr:
+    if not mngr.all_steps():
+      raise FileNotFoundError(f"no checkpoint in workdir {workdir!r}")
+    if config.get("protocol", "val") == "reference":
+      chosen = {split: checkpointing.best_step(mngr, (split, checkpointing.REFERENCE_METRIC))
+                for split in splits}
+    else:
+      best = checkpointing.best_step(mngr, checkpointing.selections(config)[0])
+      chosen = {split: best for split in splits}
+  groups: dict[int, list[str]] = {}
+  for split, chosen_step in chosen.items():
+    groups.setdefault(chosen_step, []).append(split)
+  return groups
+
+
+def selection_text(config, step: int | None) -> str:
+  """What metrics.json says about how its checkpoints were chosen."""
+  if step is not None:
+    return f"checkpoint {step}, asked for"
+  if config.get("protocol", "val") == "reference":
+    return REFERENCE_NOTE
+  return (f"checkpoint chosen by {config.selection_metric} on split "
+          f"'{config.data.selection_split}', evaluated every {config.eval_every_epochs} epoch(s)")
+
+
+def report(config, workdir: str, records: Records, mesh, progress: bool = True, eval_step=None,
+           step: int | None = None) -> dict:
+  """Evaluates every configured split with the checkpoint the protocol reports it with (or
+  `step`), writes metrics.json and predictions_<split>.jsonl, and returns metrics.json's dict."""
   eval_step = eval_step or make_eval_step(config, mesh)
+  protocol = config.get("protocol", "val")
   results = {}
-  for split in config.data.eval_splits:
-    summary, preds = evaluate_split(eval_step, variables, records, split, config.eval_batch_size,
-                                    mesh, progress)
-    results[split] = summary
-    if is_primary():
-      workdir_files.write_predictions(out_dir, split, preds)
-  selection = config.data.selection_split
+  for chosen, splits in sorted(reported_checkpoints(config, workdir, step).items()):
+    variables, _ = checkpointing.restore_variables(workdir, chosen)
+    for split in splits:
+      summary, preds = evaluate_split(eval_step, variables, records, split,
+                                      config.eval_batch_size, mesh, progress)
+      annotated = records.annotated_pairs(split)
+      results[split] = {**summary, "step": int(chosen),
+                        "pairs": {"evaluated": summary["count"], "annotated": annotated}}
+      if summary["count"] < annotated:
+        results[split]["note"] = (f"{summary['count']} of {annotated} pairs evaluated (the "
+                                  f"others' videos lack features or narratives: data.missing)")
+      if is_primary():
+        workdir_files.write_predictions(workdir, split, [
+            {**p, "step": int(chosen), "protocol": protocol} for p in preds])
+  out = {"protocol": protocol, "selection": selection_text(config, step),
+         "splits": {split: results[split] for split in config.data.eval_splits}}
+  steps = {r["step"] for r in results.values()}
+  if len(steps) == 1:
+    out["step"] = steps.pop()
   if is_primary():
-    workdir_files.write_metrics(out_dir, {
-        "step": int(step), "splits": results,
-        "selection": f"checkpoint chosen by {config.selection_metric} on split '{selection}'"})
-  return results
+    workdir_files.write_metrics(workdir, out)
+  return out
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: int | None = None, progress: bool = True) -> dict:
-  """Restores the best checkpoint (or `step`) of `workdir` and evaluates every configured split.
-  Works on workdirs written by training and by tea_jax.import_emb (then `config` must name data)."""
+  """Evaluates every configured split of `workdir` as its training reported them (the
+  protocol's checkpoints), or with checkpoint `step`; works on workdirs written by training and by
+  tea_jax.import_emb (then `config` must name data). Returns {split: metrics}."""
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
   initialize_distributed(config)
   saved = workdir_files.read_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = saved.model  # the checkpoint's architecture wins over the command line
+  if saved.get("protocol"):
+    config.protocol = saved.protocol  # and the protocol its checkpoints were kept by
   config_checks.check_experiment(config)
   compilation_cache.enable(config.get("compilation_cache") or None, workdir=workdir)
   with workdir_files.locked(workdir, "evaluation") if is_primary() else contextlib.nullcontext():
@@ -108,5 +161,4 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       raise InputError(f"the checkpoint in {workdir} has a vocabulary of "
                        f"{config.model.vocab_size} ids but the records in {records.records_dir} "
                        f"have {records.meta['vocab_size']}")
-    variables, step = checkpointing.restore_variables(workdir, step)
-    return evaluate_all(config, variables, records, make_mesh(), workdir, step, progress)
+    return report(config, workdir, records, make_mesh(), progress, step=step)["splits"]

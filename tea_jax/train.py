@@ -72,6 +72,17 @@ class Schedule:
     """Steps after which an epoch is complete."""
     return list(range(self.steps_per_epoch, self.total_steps + 1, self.steps_per_epoch))
 
+  def evaluation_steps(self, protocol: str, every_epochs: int = 1) -> list[int]:
+    """Steps after which the protocol evaluates. "val": every `every_epochs`-th epoch end and the
+    last step. "reference": EMB's loop, every steps_per_epoch // 2 global steps and every epoch
+    end (global_step % (n // 2) == 0 or global_step % n == 0)."""
+    if protocol == "reference":
+      half = max(1, self.steps_per_epoch // 2)
+      return [k for k in range(1, self.total_steps + 1)
+              if k % half == 0 or k % self.steps_per_epoch == 0]
+    ends = [k for k in self.epoch_ends() if (k // self.steps_per_epoch) % every_epochs == 0]
+    return sorted(set(ends) | {self.total_steps})
+
 
 def with_data_sizes(config: ml_collections.ConfigDict, records: Records
                     ) -> ml_collections.ConfigDict:
@@ -195,41 +206,59 @@ class _TrainLog:
     self.bar.set_postfix(loss=f"{mean['loss']:.3f}", epoch=epoch)
 
 
-def _end_of_epoch(*, step, t, variables, train_state, config, schedule, mngr, records, eval_step,
-                  mesh, writer, phases):
-  """At an epoch end: evaluates the selection split when due, then saves the checkpoint with its
-  metrics (the manager keeps the latest ones and the best)."""
+def evaluated_splits(config) -> list[str]:
+  """The splits evaluated during training: the selection split ("val"), every reported split
+  ("reference")."""
+  if config.get("protocol", "val") == "reference":
+    return list(config.data.eval_splits)
+  return [config.data.selection_split]
+
+
+def _checkpoint(*, step, t, variables, train_state, config, schedule, evaluations, mngr, records,
+                eval_step, mesh, writer, phases, workdir):
+  """At an epoch end or an evaluation step: evaluates when the protocol says so (each split's
+  line goes to evaluations.jsonl first), then saves the checkpoint with those metrics (the manager
+  keeps the latest ones and the best of each selection)."""
   del t
-  summary = None
-  epoch_done = math.ceil(step / schedule.steps_per_epoch)
-  if step % schedule.steps_per_epoch == 0 or step == schedule.total_steps:
-    if epoch_done % config.eval_every_epochs == 0 or step == schedule.total_steps:
-      split = config.data.selection_split
-      with phases.timed("eval"):
-        summary, _ = evaluate.evaluate_split(eval_step, variables, records, split,
-                                             config.eval_batch_size, mesh, progress=False)
+  metrics = None
+  if step in evaluations:
+    metrics = {}
+    with phases.timed("eval"):
+      for split in evaluated_splits(config):
+        metrics[split], _ = evaluate.evaluate_split(eval_step, variables, records, split,
+                                                    config.eval_batch_size, mesh, progress=False)
+    epoch = step / schedule.steps_per_epoch
+    for split, summary in metrics.items():
       writer.write_scalars(step, {f"{split}/{k}": v for k, v in summary.items() if k != "count"})
-      log.info("epoch %d (step %d): %s %s=%.4f", epoch_done, step, split,
-               config.selection_metric, summary[config.selection_metric])
-  metrics = None if summary is None else {
-      **summary, checkpointing.SELECTION: summary[config.selection_metric]}
+      log.info("epoch %.4g (step %d): %s %s=%.4f", epoch, step, split, config.selection_metric,
+               summary[config.selection_metric])
+    if is_primary():
+      workdir_files.add_evaluations(workdir, [
+          {"step": step, "epoch": round(epoch, 6), "split": split,
+           "protocol": config.get("protocol", "val"), **summary}
+          for split, summary in metrics.items()])
   with phases.timed("checkpoint"):
     checkpointing.save(mngr, step, variables, train_state, metrics)
   writer.write_scalars(step, {f"time/{k}_s": v for k, v in phases.seconds.items()})
 
 
-def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer, progress):
+def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer, progress,
+           workdir):
   """The training loop from the latest checkpoint to schedule.stop_at."""
   from clu import periodic_actions  # pylint: disable=import-outside-toplevel
   variables, train_state = _restore_or_init(mngr, config, records, tx, mesh)
   step = int(train_state["step"])
+  if is_primary():  # evaluations after the checkpoint resumed from are made again
+    workdir_files.keep_evaluations_until(workdir, step)
   train_step = make_train_step(config, tx, mesh)
   eval_step = evaluate.make_eval_step(config, mesh)
   thresholds = losses.numpy_threshold_schedule(config.num_epochs)
   bar = tqdm(total=schedule.stop_at, initial=step, desc="train", unit="step", dynamic_ncols=True,
              disable=not progress)
   learning_rate = optim.learning_rate_schedule(config, schedule.total_steps)
-  ends = set(schedule.epoch_ends()) | {schedule.stop_at}
+  evaluations = set(schedule.evaluation_steps(config.get("protocol", "val"),
+                                              config.eval_every_epochs))
+  ends = set(schedule.epoch_ends()) | {schedule.stop_at} | evaluations
   report = periodic_actions.ReportProgress(num_train_steps=schedule.stop_at, writer=writer,
                                            every_steps=config.log_every_steps, every_secs=None)
   phases = _Phases(report)
@@ -237,8 +266,9 @@ def _train(config, schedule: Schedule, mngr, records: Records, mesh, tx, writer,
   logging_action = periodic_actions.PeriodicCallback(
       every_steps=config.log_every_steps, on_steps=ends, callback_fn=train_log)
   epoch_action = periodic_actions.PeriodicCallback(on_steps=ends, callback_fn=functools.partial(
-      _end_of_epoch, config=config, schedule=schedule, mngr=mngr, records=records,
-      eval_step=eval_step, mesh=mesh, writer=writer, phases=phases))
+      _checkpoint, config=config, schedule=schedule, evaluations=evaluations, mngr=mngr,
+      records=records, eval_step=eval_step, mesh=mesh, writer=writer, phases=phases,
+      workdir=workdir))
   batches = prefetch_to_device(
       records.train_batches(config.data.train_split, config.batch_size, config.seed,
                             start_step=step, process_index=jax.process_index(),
@@ -278,14 +308,12 @@ def _train_and_evaluate(config, workdir: str, progress: bool) -> dict:
   tx = optim.make_optimizer(config, schedule.total_steps)
   writer = metric_writers.create_default_writer(os.path.join(workdir, "tensorboard"),
                                                 just_logging=not is_primary(), asynchronous=False)
-  with checkpointing.manager(workdir) as mngr:
-    step, eval_step = _train(config, schedule, mngr, records, mesh, tx, writer, progress)
-    result = {"step": step}
-    if step >= schedule.total_steps:
-      # Derived from the checkpoints on disk alone, so a rerun after a kill writes the same files.
-      best = checkpointing.best_step(mngr)
-      variables = checkpointing.restore(mngr, best)["variables"]
-      result.update(best=best, metrics=evaluate.evaluate_all(
-          config, variables, records, mesh, workdir, best, progress, eval_step))
+  with checkpointing.manager(workdir, keep_best=checkpointing.selections(config)) as mngr:
+    step, eval_step = _train(config, schedule, mngr, records, mesh, tx, writer, progress, workdir)
+  result = {"step": step}
+  if step >= schedule.total_steps:
+    # Derived from the checkpoints on disk alone, so a rerun after a kill writes the same files.
+    reported = evaluate.report(config, workdir, records, mesh, progress, eval_step)
+    result.update(metrics=reported["splits"], best=reported.get("step"))
   writer.close()
   return result

@@ -4,6 +4,8 @@
   vocab.json                 the vocabulary the embedding table implies
   metrics.json               the final evaluation's metrics per split
   predictions_<split>.jsonl  one evaluated pair per line
+  evaluations.jsonl          one line per evaluation of a split during training (step, epoch,
+                             split, metrics), each written once across kills and resumes
   .lock                      the run's lock
 (checkpoints/ and damaged_checkpoints/ belong to tea_jax.checkpointing; tensorboard/ to clu).
 
@@ -33,6 +35,7 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 METRICS_FILE = "metrics.json"
+EVALUATIONS_FILE = "evaluations.jsonl"
 PAD_ID, UNK_ID = 0, 1
 
 
@@ -103,6 +106,29 @@ def read_predictions(workdir: str, split: str) -> list[dict]:
     raise FileNotFoundError(f"no predictions for split {split!r} in workdir {workdir!r}")
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def read_evaluations(workdir: str) -> list[dict]:
+  """The training's evaluations so far (evaluations.jsonl), in the order they were made."""
+  path = os.path.join(workdir, EVALUATIONS_FILE)
+  if not os.path.isfile(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def add_evaluations(workdir: str, lines: list[dict]) -> None:
+  """Appends the lines of one evaluation (the file is rewritten whole, atomically: a kill leaves
+  it with or without them, never with half a line)."""
+  files.write_lines(os.path.join(workdir, EVALUATIONS_FILE), read_evaluations(workdir) + lines)
+
+
+def keep_evaluations_until(workdir: str, step: int) -> None:
+  """Drops the evaluations made after `step`: a run resumed from the checkpoint of `step` makes
+  them again (the same, since training resumes bit for bit), so none is written twice."""
+  kept = [line for line in read_evaluations(workdir) if line["step"] <= step]
+  if len(kept) != len(read_evaluations(workdir)):
+    files.write_lines(os.path.join(workdir, EVALUATIONS_FILE), kept)
 
 
 @contextlib.contextmanager

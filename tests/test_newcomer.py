@@ -92,7 +92,7 @@ def test_emb_records_build_without_narratives_and_a_tea_model_refuses_them(tmp_p
   config.data.root = str(tmp_path)
   config.model.update(video_dim=32, word_dim=8, narrative_dim=8)
   meta = build_records(config, progress=False)
-  assert meta["narratives"] == {"read": False, "file": None}
+  assert meta["narratives"] == {"read": False, "file": None, "zero_rows": {}}
   assert meta["missing_videos"] == {}
   annotated = sum(1 for name in config.data.splits.values()
                   for line in open(tmp_path / name, encoding="utf-8") if line.strip())

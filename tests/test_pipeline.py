@@ -143,7 +143,11 @@ def test_missing_video_features_are_reported_and_skipped(built, tmp_path):
   synthetic.generate(str(copy), videos=30, seed=3, video_dim=256, word_dim=50)
   victim = (copy / "charades_sta_test.txt").read_text().split()[0]
   os.remove(copy / "features" / f"{victim}.npy")
-  meta = build_records(small_config(copy), progress=False)
+  # An evaluation split's pairs are all counted unless asked otherwise: one line naming them.
+  with pytest.raises(InputError, match=rf"test: 1 without features \({victim}\) of its \d+ "
+                                       r"videos; their \d+ pairs would not be evaluated"):
+    build_records(small_config(copy), progress=False)
+  meta = build_records(small_config(copy, missing="skip"), progress=False)
   assert victim in meta["missing_videos"]
   assert meta["splits"]["test"]["skipped"] > 0
   assert meta["splits"]["test"]["pairs"] + meta["splits"]["test"]["skipped"] == counts["test"]

@@ -88,9 +88,9 @@ def test_resume_after_interruption_is_bit_identical(train_data_root, tmp_path, c
     kept = {s: mngr.metrics(s) for s in mngr.all_steps()}
   evaluated = {s: m for s, m in kept.items() if m is not None}
   assert metrics["step"] in evaluated and total in kept
-  best = evaluated[metrics["step"]]
-  assert best[checkpointing.SELECTION] == best["r1_sum_miou"]
-  assert all(best[checkpointing.SELECTION] >= m[checkpointing.SELECTION] for m in evaluated.values())
+  best = evaluated[metrics["step"]]["splits"]["val"]["r1_sum_miou"]
+  assert all(best >= m["splits"]["val"]["r1_sum_miou"] for m in evaluated.values())
+  assert metrics["protocol"] == "val" and metrics["splits"]["test"]["step"] == metrics["step"]
   # Evaluation from the checkpoint alone reproduces the final metrics.
   again = evaluate.evaluate_checkpoint(tiny_train_config(root), str(straight), progress=False)
   assert again["test"] == metrics["splits"]["test"]

@@ -186,6 +186,11 @@ class Records:
                        f"(merge={model['merge']!r}, paragraph_branch={model['paragraph_branch']}): "
                        f"build its records with data.narratives set")
 
+  def annotated_pairs(self, split: str) -> int:
+    """The pairs the split's annotation file yields (written ones plus those left out)."""
+    entry = self.meta["splits"][split]
+    return entry["pairs"] + entry.get("skipped", 0)
+
   def size(self, split: str) -> int:
     return self.meta["splits"][split]["pairs"]
 
