@@ -5,6 +5,11 @@
 | Charades-STA | charades_sta_*.txt | `vid start end##sentence` per line | charades.json duration |
 | Charades-CD | charades_*.json | {vid: {timestamps, sentences, video_duration}} | video_duration |
 | Charades-CG, ActivityNet* | *.json | {vid: {duration, timestamps, sentences}} | duration |
+| your own | *.jsonl | {qid, query, vid, duration, relevant_windows} per line | duration |
+
+In the JSON-lines format every window of a query is a pair (training uses each); the pairs of one
+line share its query index, so that evaluation scores a prediction against the best-matching
+window and counts each query once. A window with start >= end is unusable there.
 
 Moments are clipped as EMB clips them: start = max(0, start), end = min(end, duration). Every
 questionable or bad record is reported with its file and line or key. What happens to it depends on
@@ -41,6 +46,8 @@ class Pair:
   duration: float
   source: str  # "file:line" or "file:video_id[index]"
   clipped: bool  # the original moment reached outside [0, duration]
+  query_index: int = -1  # index of the pair's query in the file (its pair index but in .jsonl)
+  qid: str = ""  # the query's id in a .jsonl file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,11 +74,16 @@ class Annotations:
   def videos(self) -> list[str]:
     return list(dict.fromkeys(p.video_id for p in self.pairs))
 
+  @property
+  def queries(self) -> int:
+    """Distinct queries among the pairs (each window of a .jsonl query is a pair)."""
+    return len({p.query_index for p in self.pairs})
+
   def summary(self) -> dict[str, Any]:
     """Counts for inspect and meta.json; `pairs` is the number of pairs that will be used."""
     kept = sum(b.kept for b in self.bad)
     return {"file": self.path, "family": self.family, "bad_record_policy": self.policy,
-            "videos": len(self.videos), "pairs": len(self.pairs),
+            "videos": len(self.videos), "pairs": len(self.pairs), "queries": self.queries,
             "records": len(self.pairs) + len(self.bad) - kept,
             "file_videos": self.file_videos,
             "clipped_moments": sum(p.clipped for p in self.pairs),
@@ -225,6 +237,69 @@ def read_json_annotations(path: str, durations: dict[str, float] | None = None,
   return Annotations(path, family, pairs, bad, len(data))
 
 
+MOMENT_KEYS = ("qid", "query", "vid", "duration", "relevant_windows")
+
+
+def _window(stamp) -> str | None:
+  """Why a .jsonl window is unusable (it is reported), or None; one that reaches outside its
+  video is questionable instead (make_pair clips it, as for every family)."""
+  if not isinstance(stamp, (list, tuple)) or len(stamp) != 2:
+    return f"window {stamp!r} is not [start, end]"
+  start, end = _number(stamp[0]), _number(stamp[1])
+  if start is None or end is None:
+    return f"window {stamp!r} has a non-numeric time"
+  if start >= end:
+    return f"window [{start}, {end}]: start >= end"
+  return None
+
+
+def read_moment_jsonl(path: str, keep_questionable: bool = True) -> Annotations:
+  """Moment-DETR / QVHighlights / Lighthouse JSON lines: {"qid", "query", "vid", "duration",
+  "relevant_windows": [[start, end], ...]} per line, other keys ignored."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"annotation file not found: {path}")
+  pairs, bad, videos, queries = [], [], set(), 0
+  name = os.path.basename(path)
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for number, line in enumerate(f, start=1):
+      source = f"{name}:{number}"
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        bad.append(BadRecord(source, f"not a JSON object ({e.msg})"))
+        continue
+      if not isinstance(record, dict):
+        bad.append(BadRecord(source, "not a JSON object"))
+        continue
+      missing = [key for key in MOMENT_KEYS if key not in record]
+      if missing:
+        bad.append(BadRecord(source, f"missing key(s) {', '.join(missing)}"))
+        continue
+      vid, windows = str(record["vid"]), record["relevant_windows"]
+      videos.add(vid)
+      if not isinstance(windows, list) or not windows:
+        bad.append(BadRecord(source, "relevant_windows is not a non-empty list of [start, end]"))
+        continue
+      line_pairs = []
+      for index, stamp in enumerate(windows):
+        where = f"{source}[{index}]"
+        problem = _window(stamp)
+        if problem:
+          bad.append(BadRecord(where, problem))
+          continue
+        pair = make_pair(vid, stamp[0], stamp[1], record["query"], _number(record["duration"]),
+                         where, bad, keep_questionable)
+        if pair:
+          line_pairs.append(dataclasses.replace(pair, query_index=queries,
+                                                qid=str(record["qid"])))
+      if line_pairs:
+        pairs += line_pairs
+        queries += 1
+  return Annotations(path, "moment_jsonl", pairs, bad, len(videos))
+
+
 def read_annotations(path: str, durations: str | dict[str, float] | None = None,
                      strict: bool = False, bad_records: str = "reference") -> Annotations:
   """Reads any supported annotation file. `durations`: charades.json (path or dict), needed for
@@ -241,8 +316,13 @@ def read_annotations(path: str, durations: str | dict[str, float] | None = None,
     if durations is None:
       raise InputError(f"{path}: Charades-STA txt files need --durations charades.json")
     annotations = read_charades_sta(path, durations, keep)
+  elif path.endswith(".jsonl"):
+    annotations = read_moment_jsonl(path, keep)
   else:
     annotations = read_json_annotations(path, durations, keep)
+  if annotations.family != "moment_jsonl":  # one query per pair
+    annotations.pairs = [dataclasses.replace(p, query_index=i)
+                         for i, p in enumerate(annotations.pairs)]
   annotations.policy = policy
   if policy == "fail" and annotations.bad:
     first = annotations.bad[0]

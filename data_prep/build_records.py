@@ -197,29 +197,30 @@ def video_queries(build: Build, ann: Annotations, tokens: list, indices: list[in
     build.max_words = max(build.max_words, len(ids))
     s, e = moment_labels(pair.start, pair.end, v_len, pair.duration)
     queries.append({"query": pair.sentence, "source": pair.source, "pair_index": i,
+                    "query_index": pair.query_index, "qid": pair.qid,
                     "start_time": pair.start, "end_time": pair.end, "start_label": s,
                     "end_label": e, "word_ids": ids})
   return queries
 
 
 def video_example(build: Build, split: str, ann: Annotations, tokens: list, vid: str,
-                  indices: list[int]) -> tuple[bytes | None, int]:
-  """(serialized record or None, number of its queries) of one video."""
+                  indices: list[int]) -> tuple[bytes | None, list[dict]]:
+  """(serialized record or None, its query entries) of one video."""
   reduced = video_features(build, split, vid)
   if reduced is None:
-    return None, 0
+    return None, []
   v_len = reduced.shape[0]
   duration = video_duration(split, ann, vid, indices)
   narrative = video_narrative_rows(build, split, vid, duration, v_len)
   if narrative is None:
-    return None, 0
+    return None, []
   queries = video_queries(build, ann, tokens, indices, v_len)
   if not queries:
-    return None, 0
+    return None, []
   build.max_len = max(build.max_len, v_len)
   return build.schema.serialize_example({
       "video_id": vid, "duration": duration, "video": reduced, "narrative": narrative,
-      "queries": queries}), len(queries)
+      "queries": queries}), queries
 
 
 def check_missing(build: Build, split: str, by_video: dict) -> None:
@@ -261,15 +262,16 @@ def write_split(build: Build, split: str, ann: Annotations, tokens: list,
   num_shards = max(1, min(build.config.data.num_shards, len(by_video)))
   names = shard_names(split, num_shards)
   per_shard = -(-len(by_video) // num_shards)
-  written, videos_written = 0, 0
+  written, videos_written, query_indices = 0, 0, set()
   writers = [tf.io.TFRecordWriter(os.path.join(build.tmp_dir, n)) for n in names]
   try:
     for vid, indices in tqdm(by_video.items(), total=len(by_video), desc=f"records {split}",
                              disable=not progress):
-      example, count = video_example(build, split, ann, tokens, vid, indices)
+      example, queries = video_example(build, split, ann, tokens, vid, indices)
       if example is not None:
         writers[min(videos_written // per_shard, num_shards - 1)].write(example)
-        written += count
+        written += len(queries)
+        query_indices |= {q["query_index"] for q in queries}
         videos_written += 1
   finally:
     for writer in writers:
@@ -277,6 +279,8 @@ def write_split(build: Build, split: str, ann: Annotations, tokens: list,
   kept = sum(b.kept for b in ann.bad)
   log.info("%s: %d pairs written, %d skipped", split, written, len(ann.pairs) - written)
   return {"annotation_file": ann.path, "pairs": written, "skipped": len(ann.pairs) - written,
+          # Evaluation counts queries (a .jsonl query's windows are pairs of one query).
+          "queries": len(query_indices), "queries_annotated": ann.queries,
           "bad_records": [dataclasses.asdict(b) for b in ann.bad], "kept_bad_records": kept,
           "skipped_records": len(ann.bad) - kept, "shards": names, "videos": len(by_video),
           "videos_written": videos_written}

@@ -179,9 +179,13 @@ def query_text(verb: str, obj: str, use_synonym: bool, rng) -> str:
 
 def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
              word_dim: int = 50, seconds: tuple[int, int] = (20, 40),
-             write_videos: bool = False) -> dict:
+             write_videos: bool = False, annotation_format: str = "sta") -> dict:
   """Writes the benchmark (and with `write_videos` a video file per video); returns counts per
-  split."""
+  split. The annotations are Charades-STA files (charades_sta_<split>.txt with charades.json) or,
+  with annotation_format="jsonl", <split>.jsonl in the JSON-lines format of Moment-DETR (the
+  format of configs/custom.py); the same pairs either way."""
+  if annotation_format not in ("sta", "jsonl"):
+    raise ValueError(f"annotation_format must be 'sta' or 'jsonl', got {annotation_format!r}")
   rng = np.random.default_rng(seed)
   world = World(rng, video_dim)
   os.makedirs(os.path.join(out, "features"), exist_ok=True)
@@ -207,9 +211,17 @@ def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
       if split != "test_ood" and start >= 0.6 * duration:
         continue
       text = query_text(verb, obj, split == "novel_word", rng)
-      splits[split].append(f"{vid} {float(start):.1f} {float(end):.1f}##{text}")
-  for split, lines in splits.items():
-    with open(os.path.join(out, f"charades_sta_{split}.txt"), "w", encoding="utf-8") as f:
+      splits[split].append((vid, float(start), float(end), text, float(duration)))
+  for split, pairs in splits.items():
+    if annotation_format == "jsonl":
+      lines = [json.dumps({"qid": f"{split}-{k}", "query": text, "vid": vid, "duration": d,
+                           "relevant_windows": [[start, end]]})
+               for k, (vid, start, end, text, d) in enumerate(pairs)]
+      name = f"{split}.jsonl"
+    else:
+      lines = [f"{vid} {start:.1f} {end:.1f}##{text}" for vid, start, end, text, _ in pairs]
+      name = f"charades_sta_{split}.txt"
+    with open(os.path.join(out, name), "w", encoding="utf-8") as f:
       f.write("\n".join(lines) + "\n")
   with open(os.path.join(out, "charades.json"), "w", encoding="utf-8") as f:
     json.dump(durations, f)
@@ -234,9 +246,12 @@ def main(argv=None):
   parser.add_argument("--word-dim", type=int, default=50)
   parser.add_argument("--write-videos", action="store_true",
                       help="also write videos/<vid>.mp4 (frames for tea_apps.predict --plot)")
+  parser.add_argument("--format", choices=("sta", "jsonl"), default="sta",
+                      help="annotations as Charades-STA txt files (configs/demo.py) or as "
+                           "<split>.jsonl in Moment-DETR's format (configs/custom.py)")
   args = parser.parse_args(argv)
   counts = generate(args.out, args.videos, args.seed, args.video_dim, args.word_dim,
-                    write_videos=args.write_videos)
+                    write_videos=args.write_videos, annotation_format=args.format)
   print(json.dumps({"out": args.out, "pairs": counts}))
 
 

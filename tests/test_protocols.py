@@ -89,7 +89,7 @@ def test_each_split_reports_its_own_best_evaluation_recomputable_from_its_predic
     for m in METRICS:
       assert reported[m] == pytest.approx(best[m], abs=1e-9)
     predictions = workdir.read_predictions(str(folder), split)
-    assert len(predictions) == reported["count"] == reported["pairs"]["evaluated"]
+    assert len(predictions) == reported["count"] == reported["queries"]["evaluated"]
     assert {p["step"] for p in predictions} == {best["step"]}
     assert {p["protocol"] for p in predictions} == {"reference"}
     again = recomputed(predictions)
@@ -180,4 +180,4 @@ def test_every_annotated_pair_of_an_evaluation_split_is_counted(tmp_path):
   assert meta["splits"]["test"]["pairs"] == annotated - victim_pairs
   assert victim in meta["missing_videos"]
   records = Records(records_dir(config.data), config.data)
-  assert records.annotated_pairs("test") == annotated
+  assert records.annotated_queries("test") == annotated

@@ -27,7 +27,7 @@ from tea_jax.errors import ConfigError, InputError
 # TensorFlow only feeds data here: it must never take a GPU (or its memory) from JAX.
 tf.config.set_visible_devices([], "GPU")
 
-STRING_KEYS = ("video_id", "query")
+STRING_KEYS = ("video_id", "query", "qid")
 
 
 def load_meta(records_dir: str) -> dict:
@@ -98,6 +98,7 @@ def _video_parser(meta: dict, length: int, words: int):
         "duration": tf.fill([n], ex["duration"]),
         "start_time": q["start_time"], "end_time": q["end_time"],
         "pair_index": tf.cast(q["pair_index"], tf.int32),
+        "query_index": tf.cast(q["query_index"], tf.int32), "qid": q["qid"],
         "valid": tf.ones([n], tf.float32),
         "video_id": tf.fill([n], ex["video_id"]), "query": q["query"],
     }
@@ -186,10 +187,14 @@ class Records:
                        f"(merge={model['merge']!r}, paragraph_branch={model['paragraph_branch']}): "
                        f"build its records with data.narratives set")
 
-  def annotated_pairs(self, split: str) -> int:
-    """The pairs the split's annotation file yields (written ones plus those left out)."""
-    entry = self.meta["splits"][split]
-    return entry["pairs"] + entry.get("skipped", 0)
+  def queries(self, split: str) -> int:
+    """The split's queries in the records (evaluation counts each once, whatever its windows)."""
+    return self.meta["splits"][split]["queries"]
+
+  def annotated_queries(self, split: str) -> int:
+    """The queries the split's annotation file yields (those in the records and those left out
+    because their videos lack features or narratives)."""
+    return self.meta["splits"][split]["queries_annotated"]
 
   def size(self, split: str) -> int:
     return self.meta["splits"][split]["pairs"]

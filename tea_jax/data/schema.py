@@ -30,8 +30,9 @@ def records_dir(data_config) -> str:
 
 
 # Written to meta.json as "record_format"; the reader refuses record sets of another format.
-# /2: durations and moment times in float64 (the metrics compute in float64).
-RECORD_FORMAT = "video-with-queries/2"
+# /2: durations and moment times in float64 (the metrics compute in float64). /3: each pair
+# names its query (a query with several windows has a pair per window).
+RECORD_FORMAT = "video-with-queries/3"
 
 
 def record_features(video_dim: int, narrative_dim: int):
@@ -59,6 +60,11 @@ def record_features(video_dim: int, narrative_dim: int):
           "source": F.Text(),
           # Index of the pair in its split (annotation order), for predictions files.
           "pair_index": F.Scalar(dtype=np.int64),
+          # Index of the pair's query in its split: the pairs of a query with several windows
+          # share it (evaluation scores the best-matching window, once per query).
+          "query_index": F.Scalar(dtype=np.int64),
+          # The query's id in a .jsonl annotation file ("" for the benchmarks' files).
+          "qid": F.Text(),
           # Ground-truth moment in seconds, float64: max(0, start) and min(end, duration) as EMB
           # clips them (a kept bad record may still have start > end: docs/design.md section 16).
           "start_time": F.Tensor(shape=(), dtype=np.float64, encoding=F.Encoding.BYTES),
