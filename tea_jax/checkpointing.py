@@ -15,12 +15,14 @@ Checkpoints restore onto the devices of the restoring run, replicated, whatever 
 them: a checkpoint written by two hosts evaluates on one CPU, and the other way round.
 """
 
+import datetime
 import json
 import logging
 import math
 import os
 import shutil
 import time
+import types
 from typing import Any
 
 import jax
@@ -134,7 +136,29 @@ def manager(workdir: str, *, keep_best: list[tuple[str, str]] = (), keep_latest:
   # Explicit handlers let item_metadata() describe a checkpoint before anything is restored.
   handlers = {VARIABLES: ocp.StandardCheckpointHandler(),
               TRAIN_STATE: ocp.StandardCheckpointHandler()}
-  return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  mngr = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+  if not read_only:
+    _finish_deletions(mngr, policy)
+  return mngr
+
+
+def _finish_deletions(mngr: ocp.CheckpointManager, policy) -> None:
+  """Applies the preservation policy to the checkpoints on disk. Orbax applies it after each
+  save; a kill while it deletes a checkpoint the last save rotated out would otherwise leave that
+  checkpoint half deleted for good (no later save comes to finish the job)."""
+  infos = []
+  for step in sorted(mngr.all_steps()):
+    try:
+      metrics = mngr.metrics(step)
+    except Exception:  # pylint: disable=broad-except
+      metrics = None  # its metrics file went first: not a best checkpoint then
+    infos.append(types.SimpleNamespace(step=step, metrics=metrics, time=datetime.datetime.now()))
+  kept = policy.should_preserve(infos, context=checkpoint_managers.PreservationContext())
+  for info, keep in zip(infos, kept):
+    if not keep:
+      log.info("checkpoint %s is kept by no rule (a deletion cut short): deleting it",
+               mngr.directory / str(info.step))
+      mngr.delete(info.step)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, variables: Any, train_state: Any = None,
