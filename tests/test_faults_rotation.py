@@ -179,9 +179,6 @@ def test_a_kill_while_the_last_save_rotates_a_checkpoint_out_gives_the_same_resu
   assert_same(outcome(killed_at_the_last_save[0]), straight[2])
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint half deleted by a kill during the last "
-                   "save's rotation stays in checkpoints/ (no later save rotates it out) and "
-                   "is listed as a step that cannot be restored")
 def test_no_half_deleted_checkpoint_is_left_after_the_rerun(straight, killed_at_the_last_save):
   killed, deleted = killed_at_the_last_save
   with checkpointing.manager(str(killed), read_only=True) as mngr:

@@ -57,7 +57,7 @@ def gradients(config, batch):
   """(gradients, updated parameters, statistics, jaxpr text) of one training step."""
   mesh = make_mesh()
   tx = capturing(optim.make_optimizer(config, 10))
-  variables = inference.init_params(config, jax.random.key(0))
+  variables = inference.init_variables(config, jax.random.key(0))
   state = {"opt_state": tx.init(variables["params"]), "step": np.zeros((), np.int32)}
   step = train.make_train_step(config, tx, mesh)
   device_batch = to_device(batch, mesh)
