@@ -141,16 +141,21 @@ def check_features(config, features: np.ndarray) -> None:
 
 
 def _stack(videos: np.ndarray, narratives: np.ndarray, ids: list[list[int]],
-           rows: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+           rows: list[tuple[int, int]], length: int | None = None,
+           words: int | None = None) -> dict[str, np.ndarray]:
   """The forward batch of (window, query) `rows`: window w of `videos` (n_windows, L, Dv) and
-  `narratives` (n_windows, L, Dn) with query q's `ids`, padded to the longest query."""
-  words = max(len(ids[q]) for _, q in rows)
+  `narratives` (n_windows, L, Dn) with query q's `ids`; snippets padded (masked) to `length` and
+  words to `words` (default: L and the longest query)."""
+  words = words or max(len(ids[q]) for _, q in rows)
   windows = [w for w, _ in rows]
-  length = videos.shape[1]
+  valid = videos.shape[1]
+  length = length or valid
+  pad = ((0, 0), (0, length - valid), (0, 0))
   return {
-      "video": videos[windows].astype(np.float32),
-      "narrative": narratives[windows].astype(np.float32),
-      "video_mask": np.ones((len(rows), length), np.float32),
+      "video": np.pad(videos[windows].astype(np.float32), pad),
+      "narrative": np.pad(narratives[windows].astype(np.float32), pad),
+      "video_mask": np.repeat((np.arange(length) < valid)[None].astype(np.float32), len(rows),
+                              axis=0),
       "word_ids": np.array([ids[q] + [0] * (words - len(ids[q])) for _, q in rows], np.int32),
       "query_mask": np.array([[1.0] * len(ids[q]) + [0.0] * (words - len(ids[q]))
                               for _, q in rows], np.float32),
@@ -160,6 +165,13 @@ def _stack(videos: np.ndarray, narratives: np.ndarray, ids: list[list[int]],
 def _padded_size(rows: int) -> int:
   """The batch size `rows` rows are run in: the next power of two, at most MAX_BATCH."""
   return min(MAX_BATCH, 1 << max(0, rows - 1).bit_length())
+
+
+def _padded_length(n: int, limit: int) -> int:
+  """Snippets or words padded to a multiple of 8 (at most `limit`), so that videos and queries of
+  similar lengths share a compiled forward. Start/end logits and the highlight do not depend on
+  the padding (docs/design.md section 4); evaluation pads its batches too."""
+  return min(limit, -(-n // 8) * 8)
 
 
 class Predictor:
@@ -379,14 +391,17 @@ class Predictor:
     """start_prob, end_prob, highlight, each (n_queries, n_windows, window), of every query in
     every window; (window, query) rows run in batches of a few fixed sizes."""
     rows = [(w, q) for q in range(len(ids)) for w in range(len(windows))]
+    limit = self.config.model.max_positions
+    length = _padded_length(windows.shape[1], limit)
+    words = _padded_length(max(len(t) for t in ids), limit)
     out = {k: [] for k in ("start_prob", "end_prob", "highlight")}
     for first in range(0, len(rows), MAX_BATCH):
       chunk = rows[first:first + MAX_BATCH]
       padded = chunk + [chunk[-1]] * (_padded_size(len(chunk)) - len(chunk))
       result = inference.forward(self.config, self.variables,
-                                 _stack(windows, narratives, ids, padded))
+                                 _stack(windows, narratives, ids, padded, length, words))
       for k, values in out.items():
-        values.append(np.asarray(result[k])[:len(chunk)])
+        values.append(np.asarray(result[k])[:len(chunk), :windows.shape[1]])
     return {k: np.concatenate(v).reshape(len(ids), len(windows), -1) for k, v in out.items()}
 
   def _result(self, query: str, scores: dict[str, np.ndarray], plan_: long_video.Plan,
