@@ -7,7 +7,8 @@ The cache is one folder per video: `<video file>.tea_cache/` beside the video, o
 depends on (the video's path, size and modification time; the I3D weights file's; the narrator
 model directory's files; the narration interval and generation settings), so that a changed input
 is recomputed and an unchanged one is read back: a second question about the same video costs only
-the model's forward pass.
+the model's forward pass. `I3D` and `Narrator` load their weights on first use and keep them, so a
+Predictor (tea_apps/api.py) asked about many videos loads each once.
 """
 
 import dataclasses
