@@ -13,15 +13,15 @@
     python -m tea_apps.predict --workdir RUN --split test_ood --pair-index 17 --plot [PNG] \\
         [--videos DIR] [--compare-workdir RUN_EMB]
 
-Inputs are prepared exactly as data_prep.build_records prepares the records, with the same
-functions: snippet features reduced to the workdir's max_snippets with its pooling, query tokens
-mapped through the workdir's vocabulary (unknown words -> UNK), and for TEA models the narratives
-embedded with the same word vectors and aligned to the snippets. A video file's I3D features and
-narration are cached (tea_apps/video_inputs.py), so asking again costs one forward pass.
-Prints one JSON object per query: the best `--top-k` moments (start and end seconds, snippet
-indices, probability), best first, with the truth and the top moment's IoU when known. `--plot`
-draws the timeline of the answer (tea_apps/timeline.py). A workdir written by
-tea_jax.import_emb needs its vocabulary (`--words` at import).
+The work is tea_apps.api's (`Predictor`): this command reads its flags, builds one Predictor per
+workdir and prints their answers, one JSON object per query: the best `--top-k` moments (start and
+end seconds, snippet indices, probability), best first, with the truth and the top moment's IoU
+when known. Inputs are prepared exactly as data_prep.build_records prepares the records, a video
+file's I3D features and narration are cached (tea_apps/video_inputs.py), and a video longer than
+the model's snippet budget is searched in sliding windows at the training snippet rate
+(`--long auto|windows|pool`, tea_apps/long_video.py). `--plot` draws the timeline of the answer
+(tea_apps/timeline.py). A workdir written by tea_jax.import_emb needs its vocabulary (`--words`
+at import).
 """
 
 import argparse
@@ -30,19 +30,17 @@ import importlib.util
 import json
 import os
 import sys
+from typing import Callable
 
 import numpy as np
 
-from data_prep import glove
-from data_prep.features import FeatureSource, reduce_snippets
-from data_prep.narratives import MeanWordVectorEncoder, read_narratives, video_narrative
-from data_prep.text import tokenize, word_ids
-from tea_apps import records_pair, video_inputs
-from tea_jax import checkpointing, cli, inference, metrics
-from tea_jax import workdir as workdir_files
+from data_prep.features import FeatureSource
+from data_prep.narratives import read_narratives
+from tea_apps import long_video, records_pair, video_inputs
+from tea_apps.api import Predictor, QueryResult
+from tea_jax import cli, metrics
 from tea_jax.data.schema import data_path
 from tea_jax.errors import InputError
-from tea_jax.model.config import ModelConfig
 
 
 def load_features(path: str, video_id: str | None) -> np.ndarray:
@@ -64,16 +62,6 @@ def load_features(path: str, video_id: str | None) -> np.ndarray:
   return feats
 
 
-def narrative_rows(config, items: list[tuple[float, str]], vectors_path: str, duration: float,
-                   v_len: int, cache_dir: str | None) -> np.ndarray:
-  """(v_len, narrative_dim) features of one video's (t, text) narratives, as build_records
-  computes them (mean word vector per sentence, aligned to the snippets)."""
-  words = sorted({t for _, text in items for t in tokenize(text)})
-  index, vectors, _ = glove.read_vectors(vectors_path, words, dim=config.model.word_dim,
-                                         cache_dir=cache_dir, progress=False)
-  return video_narrative(items, MeanWordVectorEncoder(index, vectors), duration, v_len)
-
-
 def video_narratives(narratives_path: str, video_id: str) -> list[tuple[float, str]]:
   """The (t, text) narratives of `video_id` in a narratives JSONL file."""
   narratives, _ = read_narratives(narratives_path)
@@ -82,138 +70,24 @@ def video_narratives(narratives_path: str, video_id: str) -> list[tuple[float, s
   return narratives[video_id]
 
 
-def data_settings(config) -> dict:
-  """How the workdir's records were prepared: its config's data section, or for a workdir written
-  by tea_jax.import_emb (no data section) EMB's own settings: at most max_positions snippets
-  (mean-pooled) and query words."""
-  data = config.get("data") or {}
-  limit = config.model.max_positions
-  return {"max_snippets": data.get("max_snippets", limit),
-          "max_words": data.get("max_words", limit), "pooling": data.get("pooling", "mean")}
-
-
-def make_batch(config, vocabulary: dict[str, int], video: np.ndarray, queries: list[str],
-               narrative: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """The batch `tea_jax.inference.forward` takes for each query in one video: `video` (v_len,
-  video_dim) its snippet features reduced as the records are, `narrative` (v_len, narrative_dim)
-  its aligned narrative rows (TEA models), the queries tokenised as the records were and mapped
-  through `vocabulary` (tea_jax.workdir.read_vocabulary: unknown words are UNK)."""
-  if not queries:
-    raise InputError("no query given")
-  if video.shape[1] != config.model.video_dim:
-    raise InputError(f"features have {video.shape[1]} channels; the model expects "
-                     f"{config.model.video_dim}")
-  v_len = video.shape[0]
-  if narrative is None:
-    if ModelConfig.from_config(config).uses_narrative:
-      raise InputError(f"the model reads narratives (merge={config.model.merge!r}, "
-                       f"paragraph_branch={config.model.paragraph_branch}): pass them")
-    narrative = np.zeros((v_len, config.model.narrative_dim), np.float32)
-  ids = []
-  for query in queries:
-    tokens = word_ids(tokenize(query), vocabulary, data_settings(config)["max_words"])
-    if not tokens:
-      raise InputError(f"the query {query!r} has no tokens")
-    ids.append(tokens)
-  words = max(len(t) for t in ids)
-  n = len(queries)
-  return {
-      "video": np.repeat(video[None], n, axis=0),
-      "narrative": np.repeat(narrative[None].astype(np.float32), n, axis=0),
-      "video_mask": np.ones((n, v_len), np.float32),
-      "word_ids": np.array([t + [0] * (words - len(t)) for t in ids], np.int32),
-      "query_mask": np.array([[1.0] * len(t) + [0.0] * (words - len(t)) for t in ids], np.float32),
-  }
-
-
-def score_queries(config, variables, vocabulary: dict[str, int], video: np.ndarray,
-                  queries: list[str], narrative: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """start_prob, end_prob and highlight, each (n_queries, v_len), of each query in a video
-  (make_batch's inputs)."""
-  out = inference.forward(config, variables,
-                          make_batch(config, vocabulary, video, queries, narrative))
-  return {k: np.asarray(out[k]) for k in ("start_prob", "end_prob", "highlight")}
-
-
-def moments_of(start_prob: np.ndarray, end_prob: np.ndarray, duration: float,
-               top_k: int) -> list[dict]:
-  """The `top_k` best moments of one query's (v_len,) probabilities, in seconds, best first."""
-  v_len = len(start_prob)
-  moments = []
-  for i, j, p in metrics.top_spans(start_prob, end_prob, top_k):
-    start_s, end_s = metrics.index_to_time(i, j, v_len, duration)
-    moments.append({"start": round(float(start_s), 3), "end": round(float(end_s), 3),
-                    "start_index": i, "end_index": j, "probability": p})
-  return moments
-
-
-def predict(config, variables, vocabulary: dict[str, int], video: np.ndarray, duration: float,
-            queries: list[str], narrative: np.ndarray | None = None,
-            top_k: int = 1) -> list[dict]:
-  """The best `top_k` moments of each query in a video of `duration` seconds, given its snippet
-  features `video` (v_len, video_dim), already reduced as the records are, and, for TEA models,
-  its aligned `narrative` (v_len, narrative_dim). `variables` as checkpointing.restore_variables
-  returns them, `vocabulary` as tea_jax.workdir.read_vocabulary does."""
-  if duration <= 0:
-    raise InputError(f"duration must be positive, got {duration}")
-  scores = score_queries(config, variables, vocabulary, video, queries, narrative)
-  return [{"query": query, "moments": moments_of(scores["start_prob"][q], scores["end_prob"][q],
-                                                 duration, top_k)}
-          for q, query in enumerate(queries)]
-
-
 # ---------------------------------------------------------------------------------------------
-# The command: models, the video as each input gives it, answers, output and plot.
-
-
-@dataclasses.dataclass
-class Model:
-  """A workdir's model: config and vocabulary read at once, variables restored on demand."""
-
-  workdir: str
-  config: object
-  vocabulary: dict[str, int]
-  step: int | None = None
-  variables: object = None
-
-  @classmethod
-  def read(cls, workdir: str, step: int | None = None) -> "Model":
-    """The model of `workdir` (its config and vocabulary; variables not yet restored)."""
-    return cls(workdir, workdir_files.read_config(workdir), workdir_files.read_vocabulary(workdir),
-               step)
-
-  @property
-  def uses_narrative(self) -> bool:
-    """Whether the model reads narratives (TEA) or not (EMB)."""
-    return ModelConfig.from_config(self.config).uses_narrative
-
-  @property
-  def label(self) -> str:
-    """The model's name on the plot: TEA or EMB, and the workdir's folder name."""
-    kind = "TEA" if self.uses_narrative else "EMB"
-    return f"{kind} ({os.path.basename(os.path.normpath(self.workdir))})"
-
-  def restore(self):
-    """The checkpoint's variables (the best one unless a step was asked for), restored once."""
-    if self.variables is None:
-      self.variables, self.step = checkpointing.restore_variables(self.workdir, self.step)
-    return self.variables
+# The command: flags, one Predictor per workdir, the video as each input gives it, output and plot.
 
 
 @dataclasses.dataclass
 class Source:
-  """The video as the command's input gives it: raw (T, D) features (--features, --video) or a
-  records pair (--split), its duration, narrative texts when known, and its file when known."""
+  """The video as the command's input gives it: its output ids, duration and queries; how each
+  model is asked about it (`ask(predictor, main)` -> its QueryResults); the (t, text) narratives
+  drawn on the plot; its file and true moments when known."""
 
   ids: dict
   duration: float
   queries: list[str]
-  features: np.ndarray | None = None
+  ask: Callable[[Predictor, bool], list[QueryResult]]
   narratives: list[tuple[float, str]] | None = None
-  pair: records_pair.Pair | None = None
   video_path: str | None = None
   truths: list[tuple[float, float]] | None = None
-  cache_dir: str | None = None  # where the GloVe rows of the narratives' words are cached
+  pair: records_pair.Pair | None = None
 
 
 def parse_args(argv):
@@ -254,6 +128,21 @@ def parse_args(argv):
                           "of --features are cached only when given)")
   video.add_argument("--videos", help="folder of <video_id>.mp4 (frames of --plot for --features "
                                       "and --split)")
+  long = parser.add_argument_group(
+      "videos longer than the model's snippet budget (data.max_snippets; tea_apps/long_video.py)")
+  long.add_argument("--long", choices=long_video.MODES, default="auto",
+                    help="windows: sliding windows at the training snippet rate, their moments "
+                         "merged by NMS; pool: the whole video reduced to max_snippets (as the "
+                         "records are); auto: windows when pooling would make snippets coarser "
+                         "than training's")
+  long.add_argument("--window", type=int,
+                    help="snippets per window (default: the longest training video)")
+  long.add_argument("--stride", type=int, help="snippets between windows (default: window / 2)")
+  long.add_argument("--snippet-seconds", type=float,
+                    help="seconds per snippet of the windows (default: the training records' "
+                         "median; needed for a workdir without records, e.g. an import)")
+  long.add_argument("--nms-iou", type=float, default=0.5,
+                    help="a window's moment overlapping a better one by more IoU is dropped")
   plot = parser.add_argument_group("the timeline picture")
   plot.add_argument("--plot", nargs="?", const="",
                     help="write a PNG (default name: timeline_<video or split_pair>.png)")
@@ -303,47 +192,53 @@ def check_truths(args) -> None:
       raise InputError(f"--truth {start} {end}: expected 0 <= START < END (seconds)")
 
 
-def check_models(args, models: list[Model]) -> None:
-  """What each model needs from the input: 1024-d I3D features for --video, narratives for TEA."""
-  for model in models:
-    c = model.config.model
-    if args.video and c.video_dim != video_inputs.I3D_DIM:
-      raise InputError(f"the model in {model.workdir} reads {c.video_dim}-d video features; "
-                       f"--video computes {video_inputs.I3D_DIM}-d I3D features (use --features "
-                       f"with features like its training data)")
-    if model.uses_narrative and not args.split:
+def check_models(args, predictors: list[Predictor]) -> None:
+  """What each model needs from the flags: 1024-d I3D features for --video, narratives for TEA."""
+  for predictor in predictors:
+    if args.video:
+      predictor.check_video_files()
+    if predictor.uses_narrative and not args.split:
       if not (args.narratives or (args.video and args.narrator_model)):
         need = "--narrator-model" if args.video else "--narratives"
-        raise InputError(f"the model in {model.workdir} reads narratives: pass {need} and "
+        raise InputError(f"the model in {predictor.workdir} reads narratives: pass {need} and "
                          f"--word-vectors")
       if not args.word_vectors:
-        raise InputError(f"the model in {model.workdir} reads narratives: pass --word-vectors "
-                         f"(the GloVe file of its records)")
+        raise InputError(f"the model in {predictor.workdir} reads narratives: pass "
+                         f"--word-vectors (the GloVe file of its records)")
 
 
-def narrator_settings(args) -> video_inputs.NarratorSettings:
-  """The --narrator-* flags."""
-  return video_inputs.NarratorSettings(
-      args.narrator_model, args.narrator_backend, args.narrator_interval,
-      args.narrator_max_new_tokens, args.narrator_batch_size, args.narrator_device,
-      args.narrator_preprocess, args.narrator_template)
+def predictor_of(args, workdir: str, step: int | None) -> Predictor:
+  """The Predictor of a workdir with the command's flags."""
+  return Predictor.from_workdir(
+      workdir, step, i3d_weights=args.i3d_weights, narrator_model=args.narrator_model,
+      word_vectors=args.word_vectors, cache_dir=args.cache, long=args.long, window=args.window,
+      stride=args.stride, snippet_seconds=args.snippet_seconds, nms_iou=args.nms_iou,
+      i3d_batch_size=args.i3d_batch_size, i3d_precision=args.i3d_precision,
+      narrator_backend=args.narrator_backend, narrator_interval=args.narrator_interval,
+      narrator_max_new_tokens=args.narrator_max_new_tokens,
+      narrator_batch_size=args.narrator_batch_size, narrator_device=args.narrator_device,
+      narrator_preprocess=args.narrator_preprocess, narrator_template=args.narrator_template)
 
 
-def video_source(args, models: list[Model]) -> Source:
-  """--video: I3D features and (when a model reads them, or a plot shows them) narration, cached."""
-  cache = video_inputs.VideoCache.for_video(args.video, args.cache)
-  features, duration = video_inputs.i3d_features(args.video, args.i3d_weights, cache,
-                                                 args.i3d_batch_size, args.i3d_precision)
+def video_source(args, predictors: list[Predictor]) -> Source:
+  """--video: I3D features first (a video that cannot be decoded leaves nothing in the cache),
+  then the narration when a model reads it or the plot shows it (both cached)."""
+  _, duration = predictors[0].video_features(args.video)
+  video_id = args.video_id or _stem(args.video)
   narratives = None
   if args.narratives:
-    narratives = video_narratives(args.narratives, args.video_id or _stem(args.video))
-  elif args.narrator_model and (any(m.uses_narrative for m in models)
+    narratives = video_narratives(args.narratives, video_id)
+  elif args.narrator_model and (any(p.uses_narrative for p in predictors)
                                 or args.plot is not None):
-    narratives = video_inputs.narration(args.video, narrator_settings(args), cache)
-  video_id = args.video_id or _stem(args.video)
-  return Source(row_ids(video_id, args.video, duration), duration, args.query, features=features,
-                narratives=narratives, video_path=args.video, truths=args.truth,
-                cache_dir=os.path.join(cache.folder, "glove"))
+    narratives = predictors[0].narratives(args.video)
+
+  def ask(predictor: Predictor, main: bool) -> list[QueryResult]:
+    """The video's answer (its features and narration read back from the cache)."""
+    del main
+    return predictor.predict(args.video, args.query, args.top_k, narratives=narratives)
+
+  return Source(row_ids(video_id, args.video, duration), duration, args.query, ask,
+                narratives=narratives, video_path=args.video, truths=args.truth)
 
 
 def features_source(args) -> Source:
@@ -352,25 +247,42 @@ def features_source(args) -> Source:
   if args.duration <= 0:
     raise InputError(f"--duration must be positive, got {args.duration}")
   narratives = video_narratives(args.narratives, video_id) if args.narratives else None
+  features = load_features(args.features, video_id)
+
+  def ask(predictor: Predictor, main: bool) -> list[QueryResult]:
+    """The answer from the features file."""
+    del main
+    return predictor.predict_features(features, args.duration, args.query, narratives,
+                                      args.top_k)
+
   video_path = _video_file(args.videos, video_id)
-  return Source(row_ids(video_id, video_path, args.duration), args.duration, args.query,
-                features=load_features(args.features, video_id), narratives=narratives,
-                video_path=video_path, truths=args.truth, cache_dir=args.cache)
+  return Source(row_ids(video_id, video_path, args.duration), args.duration, args.query, ask,
+                narratives=narratives, video_path=video_path, truths=args.truth)
 
 
-def pair_source(args, model: Model) -> Source:
+def pair_source(args, predictor: Predictor) -> Source:
   """--split: the pair as the records hold it; its truth; its narratives' texts when the data's
   narratives file is at hand (for the plot)."""
-  pair = records_pair.read_pair(model.config, model.workdir, args.split, args.pair_index)
+  config = predictor.config
+  pair = records_pair.read_pair(config, predictor.workdir, args.split, args.pair_index)
   narratives = None
-  path = data_path(model.config.data, "narratives") if model.config.data.get("narratives") else None
+  path = data_path(config.data, "narratives") if config.data.get("narratives") else None
   if path and os.path.isfile(path):
     narratives = read_narratives(path)[0].get(pair.video_id)
+
+  def ask(other: Predictor, main: bool) -> list[QueryResult]:
+    """The pair's answer; a compared model with records reads its own records' copy."""
+    own = pair
+    if not main and other.config.get("data"):
+      own = records_pair.read_pair(other.config, other.workdir, args.split, args.pair_index)
+    return other.predict_features(own.video, own.duration, [own.query], own.narrative,
+                                  args.top_k)
+
   video_path = _video_file(args.videos, pair.video_id)
   return Source(row_ids(pair.video_id, video_path, pair.duration, split=pair.split,
-                        pair_index=pair.pair_index), pair.duration, [pair.query], pair=pair,
+                        pair_index=pair.pair_index), pair.duration, [pair.query], ask,
                 narratives=narratives, video_path=video_path,
-                truths=[(pair.start_time, pair.end_time)])
+                truths=[(pair.start_time, pair.end_time)], pair=pair)
 
 
 def row_ids(video_id: str | None, video_path: str | None, duration: float, **pair) -> dict:
@@ -393,48 +305,21 @@ def _video_file(folder: str | None, video_id: str | None) -> str | None:
   return find_videos(folder).get(video_id)
 
 
-def model_inputs(model: Model, source: Source, args,
-                 main: bool) -> tuple[np.ndarray, np.ndarray | None]:
-  """The (v_len, video_dim) rows and (v_len, narrative_dim) narrative rows (None when the model
-  reads none) that `model` reads for `source`, prepared as its records were."""
-  if source.pair is not None:
-    pair = source.pair
-    if not main and model.config.get("data"):  # the compared model's own records
-      pair = records_pair.read_pair(model.config, model.workdir, args.split, args.pair_index)
-    return pair.video, pair.narrative if model.uses_narrative else None
-  settings = data_settings(model.config)
-  video = reduce_snippets(source.features, settings["max_snippets"], settings["pooling"])
-  if not model.uses_narrative:
-    return video, None
-  narrative = narrative_rows(model.config, source.narratives, args.word_vectors, source.duration,
-                             video.shape[0], source.cache_dir)
-  return video, narrative
-
-
-def answer(model: Model, source: Source, args, main: bool = True) -> list[dict]:
-  """Each query's moments and curves (start_prob, end_prob, highlight) from `model`."""
-  video, narrative = model_inputs(model, source, args, main)
-  scores = score_queries(model.config, model.restore(), model.vocabulary, video, source.queries,
-                         narrative)
-  return [{"moments": moments_of(scores["start_prob"][q], scores["end_prob"][q], source.duration,
-                                 args.top_k),
-           **{k: scores[k][q] for k in ("start_prob", "end_prob", "highlight")}}
-          for q in range(len(source.queries))]
-
-
-def output_rows(source: Source, answers: list[list[dict]], models: list[Model]) -> list[dict]:
+def output_rows(source: Source, answers: list[list[QueryResult]],
+                predictors: list[Predictor]) -> list[dict]:
   """The JSON object of each query: its moments, and the truth and top-1 IoU when known, and the
   compared model's moments."""
   rows = []
   for q, query in enumerate(source.queries):
-    row = {**source.ids, "query": query, "moments": answers[0][q]["moments"]}
+    row = {**source.ids, "query": query,
+           "moments": [m.to_dict() for m in answers[0][q].moments]}
     truth = _truth(source, q)
     if truth is not None:
       row["truth"] = {"start": round(truth[0], 3), "end": round(truth[1], 3)}
       row["iou"] = _iou(row["moments"][0], truth)
-    if len(models) > 1:
-      moments = answers[1][q]["moments"]
-      row["compare"] = {"workdir": models[1].workdir, "moments": moments}
+    if len(predictors) > 1:
+      moments = [m.to_dict() for m in answers[1][q].moments]
+      row["compare"] = {"workdir": predictors[1].workdir, "moments": moments}
       if truth is not None:
         row["compare"]["iou"] = _iou(moments[0], truth)
     rows.append(row)
@@ -453,14 +338,15 @@ def _iou(moment: dict, truth) -> float:
   return round(float(metrics.iou(moment["start"], moment["end"], *truth)), 4)
 
 
-def plot_answers(path: str, source: Source, answers: list[list[dict]],
-                 models: list[Model]) -> None:
-  """The timeline PNG of every query (tea_apps/timeline.py)."""
+def plot_answers(path: str, source: Source, answers: list[list[QueryResult]],
+                 predictors: list[Predictor]) -> None:
+  """The timeline PNG of every query (tea_apps/timeline.py), over the whole video."""
   from tea_apps import timeline  # pylint: disable=import-outside-toplevel
   panels = []
   for q, query in enumerate(source.queries):
-    curves = [timeline.Curves(m.label, a[q]["start_prob"], a[q]["end_prob"], a[q]["highlight"],
-                              a[q]["moments"]) for m, a in zip(models, answers)]
+    curves = [timeline.Curves(p.label, a[q].start_prob, a[q].end_prob, a[q].highlight,
+                              [m.to_dict() for m in a[q].moments])
+              for p, a in zip(predictors, answers)]
     panels.append(timeline.QueryPanel(query, curves[0], curves[1] if len(curves) > 1 else None,
                                       _truth(source, q)))
   frames = []
@@ -468,9 +354,10 @@ def plot_answers(path: str, source: Source, answers: list[list[dict]],
     frames = video_inputs.frame_strip(source.video_path, source.duration)
   name = source.ids["video_id"]
   where = f"{source.ids['split']} pair {source.ids['pair_index']}: " if source.pair else ""
-  compared = f" vs {models[1].label} (step {models[1].step})" if len(models) > 1 else ""
-  title = (f"{where}{name} ({source.duration:.1f} s) - {models[0].label} (step "
-           f"{models[0].step}){compared}")
+  compared = (f" vs {predictors[1].label} (step {predictors[1].step})"
+              if len(predictors) > 1 else "")
+  title = (f"{where}{name} ({source.duration:.1f} s) - {predictors[0].label} (step "
+           f"{predictors[0].step}){compared}")
   timeline.plot_timeline(path, source.duration, title, panels, frames, source.narratives or [])
 
 
@@ -486,22 +373,22 @@ def default_plot_path(args, source: Source) -> str:
 def run(args) -> tuple[list[dict], str | None]:
   """The command's work: the JSON rows, and the plot's path when one was written."""
   check_args(args)
-  models = [Model.read(args.workdir, args.step)]
+  predictors = [predictor_of(args, args.workdir, args.step)]
   if args.compare_workdir:
-    models.append(Model.read(args.compare_workdir, args.compare_step))
-  check_models(args, models)
+    predictors.append(predictor_of(args, args.compare_workdir, args.compare_step))
+  check_models(args, predictors)
   if args.video:
-    source = video_source(args, models)
+    source = video_source(args, predictors)
   elif args.features:
     source = features_source(args)
   else:
-    source = pair_source(args, models[0])
-  answers = [answer(model, source, args, main=k == 0) for k, model in enumerate(models)]
-  rows = output_rows(source, answers, models)
+    source = pair_source(args, predictors[0])
+  answers = [source.ask(predictor, k == 0) for k, predictor in enumerate(predictors)]
+  rows = output_rows(source, answers, predictors)
   plot_path = None
   if args.plot is not None:
     plot_path = default_plot_path(args, source)
-    plot_answers(plot_path, source, answers, models)
+    plot_answers(plot_path, source, answers, predictors)
   return rows, plot_path
 
 

@@ -7,7 +7,8 @@ The cache is one folder per video: `<video file>.tea_cache/` beside the video, o
 depends on (the video's path, size and modification time; the I3D weights file's; the narrator
 model directory's files; the narration interval and generation settings), so that a changed input
 is recomputed and an unchanged one is read back: a second question about the same video costs only
-the model's forward pass.
+the model's forward pass. `I3D` and `Narrator` load their weights on first use and keep them, so a
+Predictor (tea_apps/api.py) asked about many videos loads each once.
 """
 
 import dataclasses
@@ -103,28 +104,53 @@ def video_duration(video: str, num_frames: int) -> float:
 # I3D features
 
 
-def i3d_features(video: str, weights: str, cache: VideoCache, batch_size: int = 8,
-                 precision: str = "highest") -> tuple[np.ndarray, float]:
-  """(T, 1024) I3D features of `video` and its duration in seconds, read from the cache or computed
-  (and cached) as data_prep.extract_features computes them."""
-  check_video(video)
-  if not os.path.isfile(weights):
-    raise FileNotFoundError(f"I3D weights not found: {weights}")
-  key = cache_key("i3d", I3D_RECIPE, file_signature(video), file_signature(weights), precision)
-  features_path, meta_path = cache.path(f"i3d-{key}.npy"), cache.path(f"i3d-{key}.json")
-  if os.path.isfile(features_path) and os.path.isfile(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      return np.load(features_path), float(json.load(f)["duration"])
-  clip = _decode(video)
-  cache.ensure()
-  features = _run_i3d(clip, weights, batch_size, precision, video)
-  duration = video_duration(video, len(clip))
-  atomic_write(features_path, lambda f: np.save(f, features), binary=True)
-  # Written last: its presence marks a complete entry.
-  write_json(meta_path, {"duration": duration, "frames": len(clip), "rows": len(features),
-                         "recipe": I3D_RECIPE, "video": file_signature(video),
-                         "weights": file_signature(weights), "precision": precision})
-  return features, duration
+class I3D:
+  """I3D features of video files with one weights file (VSLNet's recipe), the weights loaded on
+  first use and kept: a Predictor extracts many videos."""
+
+  def __init__(self, weights: str, batch_size: int = 8, precision: str = "highest"):
+    self.weights, self.batch_size, self.precision = weights, batch_size, precision
+    self._loaded = None  # (num_classes, variables)
+
+  def features(self, video: str, cache: VideoCache) -> tuple[np.ndarray, float]:
+    """(T, 1024) I3D features of `video` and its duration in seconds, read from the cache or
+    computed (and cached) as data_prep.extract_features computes them."""
+    check_video(video)
+    if not os.path.isfile(self.weights):
+      raise FileNotFoundError(f"I3D weights not found: {self.weights}")
+    key = cache_key("i3d", I3D_RECIPE, file_signature(video), file_signature(self.weights),
+                    self.precision)
+    features_path, meta_path = cache.path(f"i3d-{key}.npy"), cache.path(f"i3d-{key}.json")
+    if os.path.isfile(features_path) and os.path.isfile(meta_path):
+      with open(meta_path, encoding="utf-8") as f:
+        return np.load(features_path), float(json.load(f)["duration"])
+    clip = _decode(video)
+    cache.ensure()
+    features = self._run(clip, video)
+    duration = video_duration(video, len(clip))
+    atomic_write(features_path, lambda f: np.save(f, features), binary=True)
+    # Written last: its presence marks a complete entry.
+    write_json(meta_path, {"duration": duration, "frames": len(clip), "rows": len(features),
+                           "recipe": I3D_RECIPE, "video": file_signature(video),
+                           "weights": file_signature(self.weights),
+                           "precision": self.precision})
+    return features, duration
+
+  def _run(self, clip: np.ndarray, video: str) -> np.ndarray:
+    """(T, 1024) features of a prepared clip; the jitted batch is no larger than the video's
+    number of windows (a short video would otherwise pay for blank padding windows)."""
+    if self._loaded is None:
+      self._loaded = load_weights(self.weights)
+    num_classes, variables = self._loaded
+    windows = len(set(recipe.window_bounds(len(clip))))
+    extractor = Extractor(variables, num_classes,
+                          batch_size=max(1, min(self.batch_size, windows)),
+                          precision=None if self.precision == "default" else "highest")
+    started = time.time()
+    log.info("I3D features of %s: %d windows of 24 frames ...", video, windows)
+    (_, features), = extractor.stream([(video, clip)])
+    log.info("I3D features of %s: %s in %.1f s", video, features.shape, time.time() - started)
+    return features
 
 
 def _decode(video: str) -> np.ndarray:
@@ -137,21 +163,6 @@ def _decode(video: str) -> np.ndarray:
     raise InputError(str(e)) from None
   log.info("decoded %s: %d frames at 24 fps in %.1f s", video, len(clip), time.time() - started)
   return clip
-
-
-def _run_i3d(clip: np.ndarray, weights: str, batch_size: int, precision: str,
-             video: str) -> np.ndarray:
-  """(T, 1024) features of a prepared clip; the jitted batch is no larger than the video's number
-  of windows (a short video would otherwise pay for blank padding windows)."""
-  num_classes, variables = load_weights(weights)
-  windows = len(set(recipe.window_bounds(len(clip))))
-  extractor = Extractor(variables, num_classes, batch_size=max(1, min(batch_size, windows)),
-                        precision=None if precision == "default" else "highest")
-  started = time.time()
-  log.info("I3D features of %s: %d windows of 24 frames ...", video, windows)
-  (_, features), = extractor.stream([(video, clip)])
-  log.info("I3D features of %s: %s in %.1f s", video, features.shape, time.time() - started)
-  return features
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,27 +195,64 @@ class NarratorSettings:
             **self.narration().key_parts()}
 
 
-def narration(video: str, settings: NarratorSettings, cache: VideoCache,
-              progress: bool = True) -> list[tuple[float, str]]:
-  """[(t, caption)] of `video`, one frame every `settings.interval` seconds, read from the cache or
-  narrated (and cached) by data_prep.narrate's pipeline."""
-  check_video(video)
-  if not os.path.isdir(settings.model_dir):
-    raise FileNotFoundError(f"narrator model directory not found: {settings.model_dir}")
-  if not settings.interval > 0:
-    raise InputError(f"--narrator-interval must be positive, got {settings.interval}")
-  key = cache_key("narration", file_signature(video), settings.key_parts())
-  out = cache.path(f"narration-{key}.jsonl")
-  video_id = os.path.basename(video)
-  cached = _cached_narration(out, video_id)
-  if cached is not None:
+class Narrator:
+  """A video narrator with given settings (data_prep.narrate's pipeline), the model loaded on first
+  use and kept: a Predictor narrates many videos."""
+
+  def __init__(self, settings: NarratorSettings):
+    self.settings = settings
+    self._narrator = None
+
+  def narratives(self, video: str, cache: VideoCache,
+                 progress: bool = True) -> list[tuple[float, str]]:
+    """[(t, caption)] of `video`, one frame every `settings.interval` seconds, read from the cache
+    or narrated (and cached)."""
+    settings = self.settings
+    check_video(video)
+    if not os.path.isdir(settings.model_dir):
+      raise FileNotFoundError(f"narrator model directory not found: {settings.model_dir}")
+    if not settings.interval > 0:
+      raise InputError(f"--narrator-interval must be positive, got {settings.interval}")
+    key = cache_key("narration", file_signature(video), settings.key_parts())
+    out = cache.path(f"narration-{key}.jsonl")
+    video_id = os.path.basename(video)
+    cached = _cached_narration(out, video_id)
+    if cached is not None:
+      return cached
+    cache.ensure()
+    self._narrate(video, video_id, out, progress)
+    cached = _cached_narration(out, video_id)
+    if cached is None:
+      raise InputError(f"{video}: narration failed (the reason is in {out}.failures.jsonl)")
     return cached
-  cache.ensure()
-  _narrate(video, video_id, settings, out, progress)
-  cached = _cached_narration(out, video_id)
-  if cached is None:
-    raise InputError(f"{video}: narration failed (the reason is in {out}.failures.jsonl)")
-  return cached
+
+  def _load(self):
+    """The narrator model (data_prep.narration.narrators), loaded once."""
+    if self._narrator is None:
+      # pylint: disable=import-outside-toplevel
+      from data_prep.narration.narrators import BACKENDS
+      settings = self.settings
+      if settings.backend not in BACKENDS:
+        raise InputError(f"unknown narrator backend {settings.backend!r}: expected one of "
+                         f"{sorted(BACKENDS)}")
+      chosen = settings.narration()
+      try:
+        self._narrator = BACKENDS[settings.backend](
+            settings.model_dir, settings.device, "auto", chosen.max_new_tokens,
+            preprocess=chosen.preprocess, template=chosen.template)
+      except (OSError, RuntimeError, ValueError) as e:
+        raise InputError(f"--narrator-model: {e}") from None
+    return self._narrator
+
+  def _narrate(self, video: str, video_id: str, out: str, progress: bool) -> None:
+    """Runs the narrate pipeline on this one video (its output file is the cache entry: written
+    line by line, fsync'ed, resumable)."""
+    from data_prep.narration.pipeline import narrate  # pylint: disable=import-outside-toplevel
+    narrator = self._load()
+    started = time.time()
+    narrate(narrator, [(video_id, video)], out, interval=self.settings.interval,
+            batch_size=self.settings.batch_size, progress=progress)
+    log.info("narrated %s in %.1f s", video, time.time() - started)
 
 
 def _cached_narration(path: str, video_id: str) -> list[tuple[float, str]] | None:
@@ -213,29 +261,6 @@ def _cached_narration(path: str, video_id: str) -> list[tuple[float, str]] | Non
     return None
   narratives, _ = read_narratives(path)
   return narratives.get(video_id)
-
-
-def _narrate(video: str, video_id: str, settings: NarratorSettings, out: str,
-             progress: bool) -> None:
-  """Loads the narrator and runs the narrate pipeline on this one video (its output file is the
-  cache entry: written line by line, fsync'ed, resumable)."""
-  # pylint: disable=import-outside-toplevel
-  from data_prep.narration.narrators import BACKENDS
-  from data_prep.narration.pipeline import narrate
-  if settings.backend not in BACKENDS:
-    raise InputError(f"unknown narrator backend {settings.backend!r}: expected one of "
-                     f"{sorted(BACKENDS)}")
-  chosen = settings.narration()
-  try:
-    narrator = BACKENDS[settings.backend](settings.model_dir, settings.device, "auto",
-                                          chosen.max_new_tokens, preprocess=chosen.preprocess,
-                                          template=chosen.template)
-  except (OSError, RuntimeError, ValueError) as e:
-    raise InputError(f"--narrator-model: {e}") from None
-  started = time.time()
-  narrate(narrator, [(video_id, video)], out, interval=settings.interval,
-          batch_size=settings.batch_size, progress=progress)
-  log.info("narrated %s in %.1f s", video, time.time() - started)
 
 
 # ---------------------------------------------------------------------------------------------

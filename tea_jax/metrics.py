@@ -71,3 +71,29 @@ def summarise(ious: np.ndarray) -> dict[str, float]:
   out["r1_sum_miou"] = sum(out[f"r1@{m}"] for m in THRESHOLDS) + out["miou"]
   out["count"] = int(ious.size)
   return out
+
+
+def nms(starts, ends, scores, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+  """Greedy temporal non-maximum suppression: the indices of the intervals kept, best score first.
+
+  The best remaining interval is kept and every remaining one whose IoU with it exceeds
+  `iou_threshold` is dropped (strictly greater, as Moment-DETR's temporal_nms); equal scores keep
+  input order. Stops after `max_keep` intervals. Vectorised over the candidates, so a long video's
+  hundreds of thousands of window spans cost max_keep passes.
+  """
+  starts, ends, scores = (np.asarray(x, np.float64) for x in (starts, ends, scores))
+  order = np.argsort(-scores, kind="stable")
+  starts, ends = starts[order], ends[order]
+  alive = np.ones(len(order), bool)
+  kept = []
+  limit = len(order) if max_keep is None else max_keep
+  while len(kept) < limit:
+    remaining = np.flatnonzero(alive)
+    if not len(remaining):
+      break
+    best = remaining[0]  # the order is by score: the first alive one is the best
+    kept.append(order[best])
+    alive[remaining] = iou(starts[best], ends[best], starts[remaining],
+                           ends[remaining]) <= iou_threshold
+    alive[best] = False
+  return np.asarray(kept, np.int64)

@@ -93,3 +93,30 @@ def test_top_spans_by_hand_and_agrees_with_decode_spans(rng):
   for b in range(6):
     (i, j, p), = metrics.top_spans(ps[b], pe[b], 1)
     assert (i, j) == (int(start[b]), int(end[b])) and p == float(score[b])
+
+
+def test_nms_by_hand():
+  # (start, end, score); worked by hand: 5 is best; 1 overlaps 0 by IoU 9/10; 2 overlaps 5 and 0
+  # by 5/15 each; 4 ties with 3 (input order keeps 3) and overlaps it by 9/10.
+  spans = [(0, 10, 0.9), (1, 10, 0.8), (5, 15, 0.7), (20, 30, 0.6), (21, 30, 0.6),
+           (10, 20, 0.95)]
+  starts, ends, scores = (np.array(column, np.float64) for column in zip(*spans))
+  assert metrics.nms(starts, ends, scores, 0.5).tolist() == [5, 0, 2, 3]
+  assert metrics.nms(starts, ends, scores, 0.3).tolist() == [5, 0, 3]
+  assert metrics.nms(starts, ends, scores, 0.5, max_keep=2).tolist() == [5, 0]
+  # Suppression needs an IoU strictly above the threshold: at 0.9 nothing is dropped.
+  assert metrics.nms(starts, ends, scores, 0.9).tolist() == [5, 0, 1, 2, 3, 4]
+  assert metrics.nms([], [], [], 0.5).tolist() == []
+
+
+def test_nms_agrees_with_a_plain_loop(rng):
+  starts = rng.integers(0, 50, 300).astype(np.float64)
+  ends = starts + rng.integers(1, 20, 300)
+  scores = np.round(rng.random(300), 2)  # ties happen
+  kept = []
+  for k in sorted(range(300), key=lambda k: -scores[k]):  # sorted() is stable
+    union = lambda a, b: max(ends[a], ends[b]) - min(starts[a], starts[b])
+    inter = lambda a, b: max(0.0, min(ends[a], ends[b]) - max(starts[a], starts[b]))
+    if all(inter(k, m) / union(k, m) <= 0.4 for m in kept):
+      kept.append(k)
+  assert metrics.nms(starts, ends, scores, 0.4).tolist() == kept

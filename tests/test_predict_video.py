@@ -33,8 +33,10 @@ from data_prep.frames import sample_frames
 from data_prep.narration import narrators
 from data_prep.testing.videos import write_moving_video
 from tea_apps import predict, video_inputs
+from tea_apps.api import Predictor
 from tea_jax import evaluate, import_emb, train
 from tea_jax.data.schema import records_dir
+from tea_jax.errors import InputError
 from tea_jax.i3d import extractor as i3d_extractor
 from tea_jax.i3d import recipe
 
@@ -214,6 +216,25 @@ def test_a_second_query_reads_the_cache(world, first_run, monkeypatch, capsys):
   assert sorted(p.name.split("-")[0] for p in cache_folder(world).iterdir()
                 if not p.name.endswith(".failures.jsonl") and p.is_file()) == \
       ["i3d", "i3d", "narration"]  # features (.npy + .json) and narration, once
+
+
+def test_the_api_answers_as_the_command(world, first_run, monkeypatch, tmp_path):
+  monkeypatch.setattr(video_inputs, "decode_clip", failing("video decoding for I3D"))
+  monkeypatch.setattr(video_inputs, "load_weights", failing("I3D weights loading"))
+  monkeypatch.setitem(narrators.BACKENDS, "llava", failing("the narrator"))
+  predictor = Predictor.from_workdir(
+      str(world["workdir"]), i3d_weights=str(world["weights"]), narrator_model=world["llava"],
+      narrator_max_new_tokens=MAX_NEW_TOKENS, word_vectors=str(world["data"] / "glove.txt"),
+      cache_dir=str(world["cache"]))
+  results = predictor.predict(str(world["video"]), QUERIES, top_k=3)  # all from the cache
+  for result, row in zip(results, first_run["rows"]):
+    assert [m.to_dict() for m in result.moments] == row["moments"]
+    assert result.duration == pytest.approx(row["duration"])
+  broken = tmp_path / "broken.mp4"
+  broken.write_bytes(b"\x00not a video" * 64)
+  monkeypatch.undo()
+  with pytest.raises(InputError, match=f"{broken}: cannot open"):
+    predictor.predict(str(broken), QUERIES[:1])
 
 
 def test_changed_inputs_are_recomputed(world, first_run, monkeypatch):
