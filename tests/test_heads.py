@@ -187,7 +187,7 @@ def test_cudnn_bilstm_needs_a_gpu_and_names_the_fix(rng):
   mask = np.ones((2, 4), np.float32)
   with pytest.raises(ValueError, match="model.lstm='scan'"):
     BiLSTM(4, "cudnn").init(jax.random.key(0), x, mask)
-  with pytest.raises(ValueError, match="expected one of"):
+  with pytest.raises(ValueError, match="must be one of"):
     BiLSTM(4, "fused").init(jax.random.key(0), x, mask)
 
 

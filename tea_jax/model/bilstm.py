@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import rnn
 
+from tea_jax import config_checks
 from tea_jax.errors import ConfigError
 from tea_jax.model import lstm_kernel
 from tea_jax.model.layers import uniform_init
@@ -36,9 +37,12 @@ _DIRECTIONS = ("forward", "backward")
 
 
 def resolve_implementation(implementation: str) -> str:
-  """The implementation asked for (one of config_checks.LSTM_IMPLEMENTATIONS, which ModelConfig
-  has checked): "auto" is "pallas" on a GPU and "scan" elsewhere (`bilstms` still falls back to
+  """The implementation asked for (one of config_checks.LSTM_IMPLEMENTATIONS; ConfigError
+  otherwise): "auto" is "pallas" on a GPU and "scan" elsewhere (`bilstms` still falls back to
   the scan if the kernels do not compile for its shapes)."""
+  config_checks.check_fields({"lstm": implementation},
+                             {"lstm": config_checks.one_of(*config_checks.LSTM_IMPLEMENTATIONS)},
+                             prefix="model")
   if implementation == "auto":
     return "pallas" if jax.default_backend() == "gpu" else "scan"
   return implementation
