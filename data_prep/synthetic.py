@@ -34,6 +34,8 @@ import os
 
 import numpy as np
 
+from tea_jax import files
+
 # verb -> synonyms used only by narratives (and by novel-word queries).
 VERBS = {"open": ["unlock", "unseal"], "close": ["shut", "seal"], "hold": ["grip", "clutch"],
          "wash": ["rinse", "scrub"], "eat": ["munch", "devour"], "throw": ["toss", "hurl"],
@@ -235,6 +237,28 @@ def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
     # GloVe 840B has lines whose "word" contains spaces; readers must skip them.
     f.write("at home " + " ".join("0.1" for _ in range(word_dim)) + "\n")
   return {s: len(v) for s, v in splits.items()}
+
+
+def degrade_narratives(source: str, out: str, share: float = 0.4, seed: int = 0) -> int:
+  """Writes a weaker narrator's copy of a narratives file: each caption is, with probability
+  `share`, replaced by the caption of a second drawn at random in the same video (the same words,
+  mostly placed where they do not belong). The demo's stand-in for a second narrator
+  (tea-jax-paper table5 --demo); returns how many captions were moved."""
+  rng = np.random.default_rng(seed)
+  lines, moved = [], 0
+  with open(source, encoding="utf-8") as f:
+    for text in f:
+      if not text.strip():
+        continue
+      line = json.loads(text)
+      captions = [n["text"] for n in line["narratives"]]
+      for item in line["narratives"]:
+        if len(captions) > 1 and rng.random() < share:
+          item["text"] = captions[int(rng.integers(len(captions)))]
+          moved += 1
+      lines.append(dict(line, model=f"{line.get('model')} (degraded: {share:g} of captions moved)"))
+  files.write_lines(out, lines)
+  return moved
 
 
 def main(argv=None):
