@@ -1,5 +1,6 @@
 """Shared test helpers: full-precision matmuls, the ../shared folder, tiny model configs."""
 
+import json
 import os
 import pathlib
 
@@ -107,4 +108,33 @@ def tiny_train_config(root, **overrides):
   config.update(batch_size=8, eval_batch_size=8, num_epochs=2, log_every_steps=1)
   config.data.eval_splits = ("test",)
   config.update(overrides)
+  return config
+
+
+def run_outcome(workdir) -> dict:
+  """What a finished training run leaves: metrics, test predictions and the best checkpoint's
+  variables (the kill-and-resume tests compare it with an uninterrupted run's)."""
+  from tea_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  variables, step = checkpointing.restore_variables(str(workdir))
+  assert step == metrics["step"]
+  return {"metrics": metrics, "predictions": (workdir / "predictions_test.jsonl").read_text(),
+          "variables": [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]}
+
+
+def assert_same_outcome(got: dict, want: dict) -> None:
+  """Two run_outcome()s equal: metrics and predictions to the byte, variables bit for bit."""
+  assert got["metrics"] == want["metrics"] and got["predictions"] == want["predictions"]
+  for x, y in zip(got["variables"], want["variables"], strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def gpu_path_config():
+  """A tiny TEA experiment for comparing the GPU configuration of a train step with the CPU one:
+  no dropout, because the batched branches of the GPU configuration draw their masks from one
+  split key, so with dropout the two would compute different functions."""
+  from configs import common  # pylint: disable=import-outside-toplevel
+  config = common.base_config()
+  config.model = tiny_model_config(merge="concat", paragraph_branch=True, dropout=0.0)
+  config.batch_size = 2
   return config

@@ -11,10 +11,8 @@ import signal
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
-from conftest import REPO, tiny_train_config
+from conftest import REPO, assert_same_outcome, run_outcome, tiny_train_config
 
 from data_prep import synthetic
 from data_prep.build_records import build_records
@@ -80,21 +78,6 @@ def run(data_root, workdir, env, kill_after=None):
                         timeout=900)
 
 
-def outcome(workdir) -> dict:
-  """What a finished run leaves: metrics, predictions, and the best checkpoint's variables."""
-  metrics = json.loads((workdir / "metrics.json").read_text())
-  variables, step = checkpointing.restore_variables(str(workdir))
-  assert step == metrics["step"]
-  return {"metrics": metrics, "predictions": (workdir / "predictions_test.jsonl").read_text(),
-          "variables": [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]}
-
-
-def assert_same(a: dict, b: dict) -> None:
-  assert a["metrics"] == b["metrics"] and a["predictions"] == b["predictions"]
-  for x, y in zip(a["variables"], b["variables"], strict=True):
-    np.testing.assert_array_equal(x, y)
-
-
 def kill_points(steps_per_epoch: int) -> list[str]:
   """One kill after each kind of durable write, in the order a run makes them: the run's files, a
   checkpoint's items half committed, a checkpoint complete, a checkpoint whose save deletes an
@@ -116,7 +99,7 @@ def test_a_kill_after_any_durable_write_gives_the_uninterrupted_result(data_root
     assert proc.returncode == -signal.SIGKILL, (kill_after, proc.stderr[-3000:])
   final = run(data_root, workdir, env)
   assert final.returncode == 0, final.stderr[-3000:]
-  assert_same(outcome(workdir), outcome(tmp_path / "straight"))
+  assert_same_outcome(run_outcome(workdir), run_outcome(tmp_path / "straight"))
 
 
 def test_a_damaged_checkpoint_is_set_aside_and_training_resumes_from_the_previous_one(
@@ -133,7 +116,7 @@ def test_a_damaged_checkpoint_is_set_aside_and_training_resumes_from_the_previou
   assert result["step"] == 3 * epoch
   damaged = [p.name.split("-")[0] for p in (workdir / checkpointing.DAMAGED_DIR).iterdir()]
   assert damaged == [str(2 * epoch)]
-  assert_same(outcome(workdir), outcome(straight))
+  assert_same_outcome(run_outcome(workdir), run_outcome(straight))
 
 
 def test_evaluating_a_damaged_checkpoint_is_one_line(data_root, tmp_path):

@@ -7,17 +7,14 @@ deleted, as the deletion would, and kills itself before the deletion ends, leavi
 checkpoint folder behind.
 """
 
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 
-import jax
-import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, assert_same_outcome, run_outcome
 
 from tea_jax import checkpointing
 
@@ -98,21 +95,6 @@ def run(root, workdir, env, kill_after=None):
                         timeout=900)
 
 
-def outcome(workdir) -> dict:
-  """What a finished run leaves: metrics, predictions, and the best checkpoint's variables."""
-  metrics = json.loads((workdir / "metrics.json").read_text())
-  variables, step = checkpointing.restore_variables(str(workdir))
-  assert step == metrics["step"]
-  return {"metrics": metrics, "predictions": (workdir / "predictions_test.jsonl").read_text(),
-          "variables": [np.asarray(x) for x in jax.tree_util.tree_leaves(variables)]}
-
-
-def assert_same(got: dict, want: dict) -> None:
-  assert got["metrics"] == want["metrics"] and got["predictions"] == want["predictions"]
-  for x, y in zip(got["variables"], want["variables"], strict=True):
-    np.testing.assert_array_equal(x, y)
-
-
 def saved_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
@@ -125,7 +107,7 @@ def straight(train_data_root, env, tmp_path_factory):
   assert proc.returncode == 0, proc.stderr[-3000:]
   total = int(proc.stdout.split("steps")[-1])
   assert len(saved_steps(workdir)) < EPOCHS  # it did rotate checkpoints out
-  return workdir, total, outcome(workdir)
+  return workdir, total, run_outcome(workdir)
 
 
 def killed_while_deleting(root, workdir, env, kill_after) -> int:
@@ -158,7 +140,7 @@ def test_a_kill_while_a_save_rotates_a_checkpoint_out_gives_the_uninterrupted_re
   latest = max(saved_steps(killed))  # the save that rotated `deleted` out
   assert 0 < deleted < latest < total
   assert rerun(train_data_root, killed, env, total) == latest
-  assert_same(outcome(killed), want)
+  assert_same_outcome(run_outcome(killed), want)
   # The later saves' rotation removes the half-deleted checkpoint: the straight run's folders.
   assert saved_steps(killed) == saved_steps(workdir)
 
@@ -176,7 +158,7 @@ def killed_at_the_last_save(train_data_root, env, straight, tmp_path_factory):
 
 def test_a_kill_while_the_last_save_rotates_a_checkpoint_out_gives_the_same_result(
     straight, killed_at_the_last_save):
-  assert_same(outcome(killed_at_the_last_save[0]), straight[2])
+  assert_same_outcome(run_outcome(killed_at_the_last_save[0]), straight[2])
 
 
 def test_no_half_deleted_checkpoint_is_left_after_the_rerun(straight, killed_at_the_last_save):

@@ -14,9 +14,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
-from conftest import random_batch, tiny_model_config
+from conftest import gpu_path_config, random_batch
 
-from configs import common
 from tea_jax import inference, optim, train
 from tea_jax.data.prefetch import to_device
 from tea_jax.mesh import make_mesh
@@ -44,15 +43,6 @@ def capturing(tx: optax.GradientTransformation) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
-def experiment_config():
-  config = common.base_config()
-  # No dropout: the batched branches draw their masks from one split key, so with dropout the two
-  # configurations would compute different functions.
-  config.model = tiny_model_config(merge="concat", paragraph_branch=True, dropout=0.0)
-  config.batch_size = 2
-  return config
-
-
 def gradients(config, batch):
   """(gradients, updated parameters, statistics, jaxpr text) of one training step."""
   mesh = make_mesh()
@@ -72,7 +62,7 @@ def named_leaves(tree):
 
 
 def test_gpu_configuration_has_the_cpu_configurations_gradients(monkeypatch):
-  config = experiment_config()
+  config = gpu_path_config()
   batch = random_batch(np.random.default_rng(0), config.model, lengths=[12, 7], words=[4, 6])
   batch.update(start_label=np.array([2, 1], np.int32), end_label=np.array([9, 5], np.int32),
                duration=np.array([30.0, 20.0], np.float32), valid=np.ones(2, np.float32))

@@ -9,22 +9,12 @@ backward, clipping, AdamW) must give what the CPU configuration gives, up to rou
 
 import jax
 import numpy as np
-from conftest import random_batch, tiny_model_config
+from conftest import gpu_path_config, random_batch
 
-from configs import common
 from tea_jax import inference, optim, train
 from tea_jax.data.prefetch import to_device
 from tea_jax.mesh import make_mesh
 from tea_jax.model import lstm_kernel
-
-
-def experiment_config():
-  config = common.base_config()
-  # No dropout, so that both configurations compute the same function (their dropout masks differ:
-  # the batched branches draw theirs from one split key).
-  config.model = tiny_model_config(merge="concat", paragraph_branch=True, dropout=0.0)
-  config.batch_size = 2
-  return config
 
 
 def one_step(config, batch):
@@ -41,7 +31,7 @@ def one_step(config, batch):
 
 
 def test_gpu_configuration_trains_like_the_cpu_configuration(monkeypatch):
-  config = experiment_config()
+  config = gpu_path_config()
   batch = random_batch(np.random.default_rng(0), config.model, lengths=[12, 7], words=[4, 6])
   batch.update(start_label=np.array([2, 1], np.int32), end_label=np.array([9, 5], np.int32),
                duration=np.array([30.0, 20.0], np.float32), valid=np.ones(2, np.float32))
