@@ -329,8 +329,9 @@ def summary_rows(app: App, split: str) -> list[dict]:
 def summary_markdown(rows: list[dict], split: str) -> str:
   """The summary as a Markdown table (metrics in percent, two decimals)."""
   names = [name for name, _ in METRIC_KEYS]
+  heads = [name.replace("@", "&#64;") for name in names]  # not an e-mail address to link
   lines = [f"### {split}", "",
-           "| model | " + " | ".join(names) + " | pairs evaluated / annotated | protocol | step |",
+           "| model | " + " | ".join(heads) + " | pairs evaluated / annotated | protocol | step |",
            "|" + " --- |" * (len(names) + 4)]
   for row in rows:
     cells = [row["model"]] + [f"{row[name]:.2f}" for name in names]
@@ -528,8 +529,11 @@ def build_blocks(app: App):
           sort = gr.Dropdown(list(SORTS), value="pair", label="order")
         browse_status = gr.Markdown(browse_note, elem_id="browse-status")
         with gr.Row():
-          summary = gr.Markdown(elem_id="browse-summary")
-          histogram = gr.Image(label="IoU histogram", type="filepath", elem_id="browse-histogram")
+          with gr.Column(scale=3):
+            summary = gr.Markdown(elem_id="browse-summary")
+          with gr.Column(scale=2):
+            histogram = gr.Image(label="IoU histogram", type="filepath",
+                                 elem_id="browse-histogram")
         pairs_table = gr.Dataframe(headers=pair_columns(compare), interactive=False,
                                    elem_id="browse-pairs", label="pairs (click one for its timeline)")
         pair_picture = gr.Image(label="pair timeline", type="filepath", elem_id="browse-timeline")
