@@ -1,4 +1,4 @@
-"""The web app: ask a trained model about a video, and browse its evaluated predictions, in a browser.
+"""The web app: in a browser, ask a trained model about a video and browse its evaluated pairs.
 
     tea-jax-web --workdir runs/demo/tea [--compare-workdir runs/demo/emb] \\
         [--videos demo_data/videos] [--host 127.0.0.1] [--port 7860] \\
@@ -341,15 +341,16 @@ def summary_markdown(rows: list[dict], split: str) -> str:
 
 
 def split_pairs(app: App, split: str) -> list[dict]:
-  """The split's evaluated pairs, and with a compared model its IoU on the same pair and which
-  model did better (its predictions of the split are needed)."""
+  """The split's evaluated pairs, and with a compared model that has predictions of the split its
+  IoU on the same pair and which model did better."""
   pairs = []
   for row in workdir_files.read_predictions(app.args.workdir, split):
     pairs.append({key: row[key] for key in ("pair_index", "video_id", "query", "pred_start",
                                             "pred_end", "true_start", "true_end", "iou")})
-  if len(app.predictors) > 1:
+  compared = app.args.compare_workdir
+  if compared and os.path.isfile(workdir_files.predictions_path(compared, split)):
     other = {row["pair_index"]: row["iou"]
-             for row in workdir_files.read_predictions(app.args.compare_workdir, split)}
+             for row in workdir_files.read_predictions(compared, split)}
     for pair in pairs:
       iou = other.get(pair["pair_index"])
       pair["compare_iou"] = iou
@@ -535,7 +536,8 @@ def build_blocks(app: App):
             histogram = gr.Image(label="IoU histogram", type="filepath",
                                  elem_id="browse-histogram")
         pairs_table = gr.Dataframe(headers=pair_columns(compare), interactive=False,
-                                   elem_id="browse-pairs", label="pairs (click one for its timeline)")
+                                   elem_id="browse-pairs",
+                                   label="pairs (click one for its timeline)")
         pair_picture = gr.Image(label="pair timeline", type="filepath", elem_id="browse-timeline")
         controls = [low, high, better, sort]
         split.change(on_split, [split] + controls,
