@@ -71,7 +71,7 @@ def parse_args(argv):
   parser.add_argument("--host", default="127.0.0.1",
                       help="address to serve on (default: this machine only)")
   parser.add_argument("--port", type=int, default=7860)
-  parser.add_argument("--top-k", type=int, default=3, help="moments per query (default)")
+  parser.add_argument("--top-k", type=int, default=3, help="moments per query at first (the page has a slider)")
   parser.add_argument("--i3d-weights", help="rgb_charades.pt or its .npz (videos not in the data)")
   parser.add_argument("--narrator-model", help="local MLLM directory (TEA, videos not in the data)")
   parser.add_argument("--word-vectors",
@@ -115,8 +115,6 @@ def model_argv(args) -> list[str]:
 
 def make_app(args, out_dir: str | None = None) -> App:
   """The App of the flags: its Predictors built (checkpoints are restored on first use)."""
-  if importlib.util.find_spec("gradio") is None:
-    raise InputError("the web app needs Gradio: pip install 'tea_jax[app]' (gradio==6.31.0)")
   if args.videos and not os.path.isdir(args.videos):
     raise FileNotFoundError(f"--videos {args.videos}: no such folder")
   if not args.word_vectors:  # a TEA model embeds narratives with its records' word vectors
@@ -572,7 +570,14 @@ def main(argv=None) -> int:
   if argv is None:
     cli.setup_logging()
   args = parse_args(argv)
-  status, app = cli.call_reporting(lambda: make_app(args))
+
+  def start() -> App:
+    """The App, once Gradio is known to be there (the handlers do not need it)."""
+    if importlib.util.find_spec("gradio") is None:
+      raise InputError("the web app needs Gradio: pip install 'tea_jax[app]' (gradio==6.31.0)")
+    return make_app(args)
+
+  status, app = cli.call_reporting(start)
   if status:
     return status
   serve(app, args.host, args.port)
