@@ -283,12 +283,13 @@ def _digest(*parts) -> str:
 
 
 def evaluated_splits(app: App) -> list[str]:
-  """The splits of the workdir's final evaluation that have predictions, in metrics.json's order
-  (then any other predictions file), or one line saying there are none."""
+  """The splits of the workdir's final evaluation that have predictions, in its config's order
+  (data.eval_splits: test first; then metrics.json's and any other predictions file), or one line
+  saying there are none."""
   workdir = app.args.workdir
-  names = []
+  names = list(app.data.get("eval_splits", ())) if app.data else []
   if os.path.isfile(os.path.join(workdir, workdir_files.METRICS_FILE)):
-    names = list(workdir_files.read_metrics(workdir).get("splits", {}))
+    names += list(workdir_files.read_metrics(workdir).get("splits", {}))
   prefix, suffix = "predictions_", ".jsonl"
   names += sorted(n[len(prefix):-len(suffix)] for n in os.listdir(workdir)
                   if n.startswith(prefix) and n.endswith(suffix))
