@@ -370,12 +370,15 @@ def default_plot_path(args, source: Source) -> str:
   return f"timeline_{source.ids['video_id'] or 'video'}.png"
 
 
-def run(args) -> tuple[list[dict], str | None]:
-  """The command's work: the JSON rows, and the plot's path when one was written."""
+def run(args, predictors: list[Predictor] | None = None) -> tuple[list[dict], str | None]:
+  """The command's work: the JSON rows, and the plot's path when one was written. `predictors`
+  (the workdir's, then the compared one's) are the flags' when not given: the web app passes the
+  ones it keeps, so that their restored checkpoints and compiled forwards serve every question."""
   check_args(args)
-  predictors = [predictor_of(args, args.workdir, args.step)]
-  if args.compare_workdir:
-    predictors.append(predictor_of(args, args.compare_workdir, args.compare_step))
+  if predictors is None:
+    predictors = [predictor_of(args, args.workdir, args.step)]
+    if args.compare_workdir:
+      predictors.append(predictor_of(args, args.compare_workdir, args.compare_step))
   check_models(args, predictors)
   if args.video:
     source = video_source(args, predictors)
