@@ -6,19 +6,22 @@ table against tea_apps.api.Predictor's moments for the same video and queries, t
 against metrics.json, the histogram against numpy's over IoUs recomputed from the predicted seconds
 and the annotation file, the filters against the pairs picked by hand. Then a real browser
 (headless Chromium through Selenium) asks a question and opens Browse on the running server,
-saving the README's screenshots; without a browser that test skips, saying why.
+saving screenshots of both tabs (into $TEA_WEB_SCREENSHOTS when set: `TEA_WEB_SCREENSHOTS=docs/images`
+refreshes the README's; a temporary folder otherwise, so that a test run leaves the checkout as it
+was); without a browser that test skips, saying why.
 """
 
 import json
 import logging
 import os
+import pathlib
 import shutil
 import socket
 
 import av
 import numpy as np
 import pytest
-from conftest import REPO, tiny_train_config
+from conftest import tiny_train_config
 
 from data_prep import synthetic
 from data_prep.annotations import read_annotations, read_durations
@@ -274,6 +277,7 @@ def test_a_browser_asks_and_browses(world, tmp_path):
   from selenium.webdriver.support.ui import WebDriverWait
   port = free_port()
   app = make_app(world, tmp_path)
+  shots = pathlib.Path(os.environ.get("TEA_WEB_SCREENSHOTS") or tmp_path)
   blocks = web.serve(app, "127.0.0.1", port, block=False)
   try:
     driver.get(f"http://127.0.0.1:{port}")
@@ -298,7 +302,7 @@ def test_a_browser_asks_and_browses(world, tmp_path):
         "return v && v.readyState > 0 ? v.currentTime : null;"))
     assert played >= expected[1][2] - 0.5
     driver.execute_script("document.querySelector('#ask-player video').pause()")
-    driver.save_screenshot(str(REPO / "docs" / "images" / "web_ask.png"))
+    driver.save_screenshot(str(shots / "web_ask.png"))
     # Browse: the summary of the first split is metrics.json's.
     tab = lambda name: next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
                             if t.text == name)
@@ -315,7 +319,7 @@ def test_a_browser_asks_and_browses(world, tmp_path):
         .find_elements(By.CSS_SELECTOR, "[role=gridcell]")[2].click()
     wait.until(lambda d: "timeline of test pair" in text_of("browse-status"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#browse-timeline img"))
-    driver.save_screenshot(str(REPO / "docs" / "images" / "web_browse.png"))
+    driver.save_screenshot(str(shots / "web_browse.png"))
     # No query: one line in the page, and the app goes on serving.
     tab("Ask").click()
     queries = driver.find_element(By.CSS_SELECTOR, "#ask-queries textarea")
