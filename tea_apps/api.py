@@ -435,6 +435,10 @@ class TrainFreePredictor(Predictor):
   end curves are zero (the search has no span distribution). Video features are not read: a video
   file is gridded at one snippet per narration interval, a features array by its rows."""
 
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.step = 0  # what its evaluation's predictions say: no checkpoint
+
   @property
   def label(self) -> str:
     return f"train-free ({os.path.basename(os.path.normpath(self.workdir))})"
