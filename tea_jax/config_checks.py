@@ -94,7 +94,9 @@ DATA_RULES: dict[str, Rule] = {
 TRAINFREE_RULES: dict[str, Rule] = {
     "threshold": number(0, 1), "window_fraction": number(0, 1, open_low=True),
     "max_fraction": number(0, 1, open_low=True), "rise_threshold": number(-math.inf),
-    "sigma": number(0, open_low=True), "nms_iou": number(0, 1),
+    "sigma": number(0, open_low=True), "nms_iou": number(0, 1), "glove_weight": number(0),
+    "text_weight": number(0), "frames_weight": number(0),
+    "scores": lambda value: None if isinstance(value, str) else "a file name (str)",
 }
 RULES: dict[str, Rule] = {
     "seed": integer(0), "batch_size": POSITIVE, "eval_batch_size": POSITIVE,

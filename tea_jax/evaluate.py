@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import TYPE_CHECKING
 
 import jax
@@ -193,6 +194,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
 # ---------------------------------------------------------------------------------------------
 # The train-free retriever (tea_jax/trainfree.py, docs/design.md section 21)
 
+# metrics.json's protocol of the train-free retriever: nothing is selected on any split.
+TRAINFREE_PROTOCOL = "trainfree"
 TRAINFREE_SELECTION = ("no training and no checkpoint: the query's similarity to the narratives, "
                        "searched for its best segment (train-free retriever)")
 
@@ -205,20 +208,30 @@ def _trainfree_workdir(workdir: str) -> bool:
     return False
 
 
-def trainfree_spans(batch: dict, table: np.ndarray, settings: trainfree.SearchSettings
-                    ) -> dict[str, np.ndarray]:
+def trainfree_spans(batch: dict, table: np.ndarray, settings: trainfree.SearchSettings,
+                    split: str = "", stored: dict | None = None) -> dict[str, np.ndarray]:
   """{start, end, score} (B,) of a records batch, as eval_step decodes a trained model's: each
-  valid example's best segment on its own snippets (padding examples get (0, 0, 0))."""
+  valid example's best segment on its own snippets (padding examples get (0, 0, 0)). `stored`:
+  the precomputed curves of the split's pairs (trainfree.read_curves), when weighted."""
   size = len(batch["valid"])
   out = {"start": np.zeros(size, np.int64), "end": np.zeros(size, np.int64),
          "score": np.zeros(size, np.float64)}
   for i in np.nonzero(batch["valid"] > 0)[0]:
     v_len = int(batch["video_mask"][i].sum())
     query = trainfree.mean_word_vector(batch["word_ids"][i][batch["query_mask"][i] > 0], table)
-    curve = trainfree.cosine_relevance(query, batch["narrative"][i, :v_len])
-    best = trainfree.search(curve, settings, top_k=1)[0]
+    glove = trainfree.cosine_relevance(query, batch["narrative"][i, :v_len])
+    pair = int(batch["pair_index"][i])
+    curves, weights = trainfree.pair_curves(
+        settings, glove, (stored or {}).get((split, pair)), f"{split} pair {pair}", v_len)
+    best = trainfree.search(trainfree.combine(curves, weights), settings, top_k=1)[0]
     out["start"][i], out["end"][i], out["score"][i] = best.start, best.end, best.score
   return out
+
+
+def _scores_path(config) -> str:
+  """config.trainfree.scores, joined to data.root unless absolute."""
+  path = config.trainfree.scores
+  return path if os.path.isabs(path) else os.path.join(config.data.root, path)
 
 
 def evaluate_trainfree(config: ml_collections.ConfigDict, workdir: str,
@@ -243,6 +256,9 @@ def evaluate_trainfree(config: ml_collections.ConfigDict, workdir: str,
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.vocab_size = records.meta["vocab_size"]
     table = records.word_vectors()
+    stored = None
+    if settings.scores:
+      stored = trainfree.read_curves(_scores_path(config))
     workdir_files.write_config(workdir, config)
     workdir_files.write_vocabulary(workdir, config.model.vocab_size, records.vocabulary(),
                                    records.records_dir)
@@ -253,7 +269,7 @@ def evaluate_trainfree(config: ml_collections.ConfigDict, workdir: str,
       for batch in tqdm(records.eval_batches(split, config.eval_batch_size),
                         total=math.ceil(records.size(split) / config.eval_batch_size),
                         desc=f"train-free {split}", leave=False, disable=not progress):
-        preds += _predictions(batch, trainfree_spans(batch, table, settings))
+        preds += _predictions(batch, trainfree_spans(batch, table, settings, split, stored))
       preds = by_query(preds)
       summary = metrics.summarise(np.array([p["iou"] for p in preds]))
       annotated = records.annotated_queries(split)
@@ -263,8 +279,8 @@ def evaluate_trainfree(config: ml_collections.ConfigDict, workdir: str,
         results[split]["note"] = (f"{summary['count']} of {annotated} queries evaluated (the "
                                   f"others' videos lack features or narratives: data.missing)")
       workdir_files.write_predictions(workdir, split, [
-          {**p, "step": 0, "protocol": config.protocol} for p in preds])
-    out = {"protocol": config.protocol, "selection": TRAINFREE_SELECTION, "model": "trainfree",
+          {**p, "step": 0, "protocol": TRAINFREE_PROTOCOL} for p in preds])
+    out = {"protocol": TRAINFREE_PROTOCOL, "selection": TRAINFREE_SELECTION,
            "splits": results, "step": 0}
     workdir_files.write_metrics(workdir, out)
     return out

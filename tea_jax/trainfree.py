@@ -15,20 +15,22 @@ TFVTG's (Zheng et al., ECCV 2024) "static + dynamic" rule, written here for one 
 
 Everything here is numpy over one query at a time (at most 128 snippets, a few hundred windows):
 no jit and no device, so a benchmark is evaluated on a CPU in seconds. The encoders that give other
-curves (a transformers text encoder, BLIP-2 frame scores) live in data_prep and tea_apps, which
-may import torch; this module never does.
+curves (a transformers text encoder, BLIP-2 frame scores) run in tea_apps/trainfree_scores.py,
+which may import torch; this module never does, and only reads their curves from a file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 
 import ml_collections
 import numpy as np
 
 from tea_jax import config_checks, metrics
-from tea_jax.errors import ConfigError
+from tea_jax.errors import ConfigError, InputError
 
 
 # The config variant (configs/common.py: VARIANTS) whose model is this retriever.
@@ -58,10 +60,30 @@ class SearchSettings:
   sigma: float = 1.0
   # Windows whose IoU with a better one exceeds this are dropped (TFVTG: 0.3).
   nms_iou: float = 0.3
+  # Weights of the relevance curves, combined as the weighted mean of each normalised curve:
+  # the cosine of mean GloVe vectors (from the records), and the curves of `scores`, a JSON lines
+  # file (relative to data.root) that tea_apps/trainfree_scores.py writes with a transformers
+  # text encoder ("text") and BLIP-2's frame scores ("frames").
+  glove_weight: float = 1.0
+  text_weight: float = 0.0
+  frames_weight: float = 0.0
+  scores: str = ""
+
+  @property
+  def weights(self) -> dict[str, float]:
+    """{curve name: weight} of the curves that take part (positive weight)."""
+    named = {"glove": self.glove_weight, "text": self.text_weight, "frames": self.frames_weight}
+    return {k: w for k, w in named.items() if w > 0}
 
   def __post_init__(self):
     config_checks.check_fields(dataclasses.asdict(self), config_checks.TRAINFREE_RULES,
                                "config.trainfree")
+    if not self.weights:
+      raise ConfigError("config.trainfree: glove_weight, text_weight and frames_weight are all 0: "
+                        "give at least one curve a positive weight")
+    if (self.text_weight or self.frames_weight) and not self.scores:
+      raise ConfigError("config.trainfree.text_weight / frames_weight need trainfree.scores (the "
+                        "curves file of python -m tea_apps.trainfree_scores)")
 
   @classmethod
   def from_config(cls, section) -> "SearchSettings":
@@ -118,6 +140,46 @@ def normalise(curve: np.ndarray) -> np.ndarray:
   if high - low <= 1e-12:
     return np.zeros_like(curve)
   return (curve - low) / (high - low)
+
+
+def read_curves(path: str) -> dict[tuple[str, int], dict[str, list[float]]]:
+  """{(split, pair_index): {curve name: per-snippet values}} of a file of precomputed curves, one
+  JSON object per line with "split", "pair_index" and "curves" (tea_apps/trainfree_scores.py)."""
+  if not os.path.isfile(path):
+    raise InputError(f"trainfree.scores: no file {path!r} (python -m tea_apps.trainfree_scores "
+                     f"writes it)")
+  out = {}
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        out[(str(row["split"]), int(row["pair_index"]))] = dict(row["curves"])
+      except (ValueError, KeyError, TypeError):
+        raise InputError(f"{path}:{number}: not a curves line (split, pair_index, curves)") \
+            from None
+  return out
+
+
+def pair_curves(settings: SearchSettings, glove: np.ndarray | None, stored: dict | None,
+                where: str, snippets: int) -> tuple[list[np.ndarray], list[float]]:
+  """The curves of one pair that take part, with their weights: the GloVe cosine `glove`, and
+  the named curves of `stored` (its line of the scores file), each of `snippets` values."""
+  curves, weights = [], []
+  for name, weight in settings.weights.items():
+    if name == "glove":
+      curve = glove
+    else:
+      if stored is None or name not in stored:
+        raise InputError(f"trainfree.scores has no {name!r} curve for {where}")
+      curve = np.asarray(stored[name], np.float64)
+      if curve.shape != (snippets,):
+        raise InputError(f"trainfree.scores: the {name!r} curve of {where} has {curve.size} "
+                         f"values, the records' video {snippets} snippets")
+    curves.append(curve)
+    weights.append(weight)
+  return curves, weights
 
 
 def combine(curves: list[np.ndarray], weights: list[float]) -> np.ndarray:

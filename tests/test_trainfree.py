@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 
 from tea_jax import trainfree
-from tea_jax.errors import ConfigError
+from tea_jax.errors import ConfigError, InputError
 
 # The hand-worked curve: 10 snippets, a bump over snippets 3-6 and a faint 0.1 at snippet 2.
 CURVE = np.array([0.0, 0.0, 0.1, 0.5, 1.0, 1.0, 0.5, 0.0, 0.0, 0.0])
@@ -68,6 +68,16 @@ def test_bad_settings_are_one_line_config_errors():
     trainfree.SearchSettings(threshold=1.5)
   with pytest.raises(ConfigError, match=r"config.trainfree.window_fraction=0"):
     trainfree.SearchSettings(window_fraction=0)
+  with pytest.raises(ConfigError, match=r"need trainfree.scores"):
+    trainfree.SearchSettings(text_weight=1.0)
+  with pytest.raises(ConfigError, match=r"all 0"):
+    trainfree.SearchSettings(glove_weight=0.0)
+
+
+def test_curves_combine_as_weighted_means_of_normalised_curves():
+  # normalise([1, 3, 2]) = [0, 1, 0.5]; normalise([5, 5, 7]) = [0, 0, 1]; weights 1 and 3.
+  combined = trainfree.combine([np.array([1.0, 3.0, 2.0]), np.array([5.0, 5.0, 7.0])], [1.0, 3.0])
+  np.testing.assert_allclose(combined, [0.0, 0.25, (0.5 + 3.0) / 4])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +101,7 @@ def evaluated(tmp_path_factory):
   from data_prep import synthetic
   from data_prep.build_records import build_records
   root = tmp_path_factory.mktemp("trainfree_data")
-  synthetic.generate(str(root), videos=24, seed=1, video_dim=256, word_dim=50)
+  synthetic.generate(str(root), videos=24, seed=1, video_dim=256, word_dim=50, write_videos=True)
   build_records(demo_config(root), progress=False)
   workdir = root / "runs" / "trainfree"
   subprocess.run([sys.executable, "-m", "tea_jax.main", "--config=configs/demo.py:trainfree",
@@ -222,3 +232,46 @@ def test_predictor_and_predict_command_match_the_evaluation(evaluated, capsys):
     assert (out["moments"][0]["start"], out["moments"][0]["end"]) == pytest.approx(
         (row["pred_start"], row["pred_end"]), abs=1e-3)
 
+
+
+def test_text_encoder_and_blip2_curves_feed_the_evaluation(evaluated, tmp_path):
+  """tea_apps.trainfree_scores with a tiny random BERT and a tiny random BLIP-2 (built from
+  configs, nothing downloaded) writes one line per pair; `--mode eval` with their weights searches
+  the weighted mean of the three normalised curves."""
+  from tea_apps import trainfree_scores  # pylint: disable=import-outside-toplevel
+  from data_prep.frames import sample_frames  # pylint: disable=import-outside-toplevel
+  from data_prep.testing import random_mllm  # pylint: disable=import-outside-toplevel
+  from tea_jax import evaluate  # pylint: disable=import-outside-toplevel
+  root, _ = evaluated
+  text_dir = random_mllm.save(*random_mllm.build_text_encoder(), str(tmp_path / "text"))
+  blip2_dir = random_mllm.save(*random_mllm.build_blip2_retrieval(), str(tmp_path / "blip2"))
+  config = demo_config(root)
+  config.data.eval_splits = ("test",)
+  out = tmp_path / "curves.jsonl"
+  count = trainfree_scores.write_scores(config, str(out), text_encoder=text_dir, blip2=blip2_dir,
+                                        videos=str(root / "videos"))
+  lines = [json.loads(line) for line in open(out)]
+  assert count == len(lines) > 0
+  # The synthetic videos have one feature row per second, so snippet k holds the frame of second
+  # k alone: the frame curve is the frame's own score.
+  first = lines[0]
+  scorer = trainfree_scores.Blip2FrameScorer(blip2_dir)
+  frames = list(sample_frames(str(root / "videos" / f"{first['video_id']}.mp4"), 1.0))
+  assert len(first["curves"]["frames"]) == len(first["curves"]["text"]) == len(frames)
+  np.testing.assert_allclose(first["curves"]["frames"],
+                             scorer.scores([image for _, image in frames], first["query"]),
+                             rtol=1e-5, atol=1e-6)
+  config.trainfree.update(glove_weight=0.5, text_weight=1.0, frames_weight=2.0, scores=str(out))
+  workdir = tmp_path / "combined"
+  evaluate.evaluate_trainfree(config, str(workdir), progress=False)
+  rows = {r["pair_index"]: r for r in map(json.loads, open(workdir / "predictions_test.jsonl"))}
+  glove_rows = {r["pair_index"]: r for r in map(json.loads, open(
+      evaluated[1] / "predictions_test.jsonl"))}
+  assert rows.keys() == glove_rows.keys() == {line["pair_index"] for line in lines}
+  assert any((rows[k]["pred_start"], rows[k]["pred_end"]) != (
+      glove_rows[k]["pred_start"], glove_rows[k]["pred_end"]) for k in rows)
+  # A curve missing from the file is one line naming the pair.
+  out.write_text("".join(json.dumps({**line, "curves": {"text": line["curves"]["text"]}}) + "\n"
+                         for line in lines))
+  with pytest.raises(InputError, match=r"no 'frames' curve for test pair"):
+    evaluate.evaluate_trainfree(config, str(tmp_path / "broken"), progress=False)
