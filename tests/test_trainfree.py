@@ -231,6 +231,16 @@ def test_predictor_and_predict_command_match_the_evaluation(evaluated, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (out["moments"][0]["start"], out["moments"][0]["end"]) == pytest.approx(
         (row["pred_start"], row["pred_end"]), abs=1e-3)
+    # A video file: no I3D (the retriever reads no video features), one snippet per second of
+    # narration; the synthetic videos last a whole number of seconds, one feature row each, so
+    # the grid is the records' and the moment the evaluation's.
+    code = predict.main(["--workdir", str(workdir), "--video", str(root / "videos" / f"{vid}.mp4"),
+                         "--query", row["query"], "--narratives", str(root / "narratives.jsonl"),
+                         "--word-vectors", str(root / "glove.txt")])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["moments"][0]["start"], out["moments"][0]["end"]) == pytest.approx(
+        (row["pred_start"], row["pred_end"]), abs=1e-3)
 
 
 
