@@ -82,7 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
   # docs/design.md section 21): threshold (normalised relevance at or below it is irrelevant),
   # window_fraction (window lengths are multiples of this share of the video), max_fraction
   # (longest window, share of the video), rise_threshold and sigma (the smoothed rise that moves
-  # a start back), nms_iou (windows overlapping a better one by more are dropped).
+  # a start back), nms_iou (windows overlapping a better one by more are dropped); glove_weight,
+  # text_weight, frames_weight (weights of the relevance curves) and scores (the file of the text
+  # and frame curves, relative to data.root; python -m tea_apps.trainfree_scores writes it).
   c.trainfree = trainfree_defaults()
   c.optimizer = ml_collections.ConfigDict()
   # Peak learning rate, decayed linearly to 0 over all steps.

@@ -44,7 +44,8 @@ def is_trainfree(config) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
-  """The segment search's few hyper-parameters (configs/common.py: trainfree_defaults)."""
+  """The retriever's few settings, the config's `trainfree` section: the segment search's
+  hyper-parameters and the weights of the relevance curves."""
 
   # Snippets whose normalised relevance is at most this are irrelevant: they score 0 and leave the
   # "outside" mean (TFVTG's 0.2 on BLIP-2 cosines).
@@ -93,7 +94,8 @@ class SearchSettings:
 
 
 def trainfree_defaults() -> ml_collections.ConfigDict:
-  """SearchSettings' defaults as the ConfigDict that experiment configs hold under `trainfree`."""
+  """SearchSettings' defaults as the ConfigDict that experiment configs hold under `trainfree`
+  (each field is described where SearchSettings declares it)."""
   return ml_collections.ConfigDict(dataclasses.asdict(SearchSettings()))
 
 

@@ -158,8 +158,8 @@ def build_blip2_retrieval(seed: int = 0):
                           vocab_size=len(tokenizer), max_position_embeddings=64,
                           use_qformer_text_input=True),
       num_query_tokens=4, image_text_hidden_size=16)
-  processor = Blip2Processor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
-                             tokenizer=tokenizer)
+  image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+  processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer)
   return Blip2ForImageTextRetrieval(config).eval(), processor
 
 
