@@ -329,3 +329,38 @@ def test_table2_layout_from_metrics_files(tmp_path):
   (row,) = [r for r in rows if r["row"] == "EMB\u2020" and r["column"] == "charades_cd/test_ood"
             and r["metric"] == "r1@0.5"]
   assert row["paper"] == "51.97" and row["mean"] == ""
+
+
+def test_table4_numbers_recomputed_from_the_predictions_files(runs, table4):
+  # Each cell of Table 4, recomputed here in plain Python (float64) from the run's predictions
+  # file: every line's IoU from its predicted seconds and the annotation file's true seconds
+  # (clipped to the video), then R1@0.5, R1@0.7 and mIoU over the split's pairs.
+  out, _ = table4
+  rows = csv_rows(runs / "reference" / "table4.csv")
+  for label, variant in (("Video-only", "emb"), ("Add", "vn_add"), ("Attention", "vn_attention"),
+                         ("Concat+MLP", "tea")):
+    folder = runs / "reference" / "demo" / variant / "seed0"
+    config = workdir.read_config(str(folder))
+    with open(os.path.join(config.data.root, config.data.splits["test_ood"]),
+              encoding="utf-8") as f:
+      truths = [line.split("##", 1)[0].split() for line in f if line.strip()]
+    with open(os.path.join(config.data.root, config.data.durations), encoding="utf-8") as f:
+      durations = {vid: float(entry["duration"]) for vid, entry in json.load(f).items()}
+    lines = workdir.read_predictions(str(folder), "test_ood")
+    assert sorted(p["pair_index"] for p in lines) == list(range(len(truths)))  # every pair once
+    ious = []
+    for p in lines:
+      vid, start, end = truths[p["pair_index"]]
+      assert p["video_id"] == vid
+      true_start, true_end = max(0.0, float(start)), min(float(end), durations[vid])
+      inter = min(p["pred_end"], true_end) - max(p["pred_start"], true_start)
+      union = max(p["pred_end"], true_end) - min(p["pred_start"], true_start)
+      ious.append(max(inter, 0.0) / union)
+    n = len(ious)
+    want = {"r1@0.5": 100.0 * sum(x >= 0.5 for x in ious) / n,
+            "r1@0.7": 100.0 * sum(x >= 0.7 for x in ious) / n, "miou": 100.0 * sum(ious) / n}
+    cells = markdown_row(out, f"{label} ({variant})")
+    assert cells[2] == " / ".join(f"{want[m]:.2f}" for m in METRICS)
+    for metric in METRICS:
+      (row,) = [r for r in rows if r["paper_row"] == label and r["metric"] == metric]
+      assert float(row["mean"]) == pytest.approx(want[metric], abs=1e-4)
