@@ -4,6 +4,7 @@ import ml_collections
 
 from tea_jax.losses import loss_defaults
 from tea_jax.model.config import model_defaults
+from tea_jax.trainfree import trainfree_defaults
 
 
 def data_config(root: str, splits: dict[str, str], train: str, selection: str,
@@ -77,6 +78,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 100
   c.model = model_defaults()
   c.loss = loss_defaults()
+  # The train-free retriever's segment search (variant "trainfree"; tea_jax/trainfree.py,
+  # docs/design.md section 21): threshold (normalised relevance at or below it is irrelevant),
+  # window_fraction (window lengths are multiples of this share of the video), max_fraction
+  # (longest window, share of the video), rise_threshold and sigma (the smoothed rise that moves
+  # a start back), nms_iou (windows overlapping a better one by more are dropped); glove_weight,
+  # text_weight, frames_weight (weights of the relevance curves) and scores (the file of the text
+  # and frame curves, relative to data.root; python -m tea_apps.trainfree_scores writes it).
+  c.trainfree = trainfree_defaults()
   c.optimizer = ml_collections.ConfigDict()
   # Peak learning rate, decayed linearly to 0 over all steps.
   c.optimizer.learning_rate = 5e-4
@@ -126,6 +135,9 @@ VARIANTS = {
     "pq": (dict(merge="none", paragraph_branch=True), "max"),      # paragraph-query branch only
     "vn_add": (dict(merge="add", paragraph_branch=True), "max"),   # VN + PQ, the other merges
     "vn_attention": (dict(merge="attention", paragraph_branch=True), "max"),
+    # No training: the query's similarity to the narratives, searched for its best segment
+    # (tea_jax/trainfree.py). It reads TEA's records (narratives, max-pooled), hence TEA's switches.
+    "trainfree": (dict(merge="concat", paragraph_branch=True), "max"),
 }
 
 

@@ -22,17 +22,19 @@ windows at the training snippet rate (tea_apps/long_video.py) unless `long="pool
 
 import dataclasses
 import logging
+import math
 import os
 from typing import Sequence
 
 import numpy as np
 
 from data_prep import glove
+from data_prep.frames import duration_seconds
 from data_prep.features import reduce_snippets
 from data_prep.narratives import MeanWordVectorEncoder, video_narrative
 from data_prep.text import UNK_ID, tokenize, word_ids
 from tea_apps import long_video, video_inputs
-from tea_jax import checkpointing, inference, metrics
+from tea_jax import checkpointing, inference, metrics, trainfree
 from tea_jax import workdir as workdir_files
 from tea_jax.errors import InputError
 from tea_jax.model.config import ModelConfig
@@ -214,6 +216,9 @@ class Predictor:
           narrator_model, narrator_backend, narrator_interval, narrator_max_new_tokens,
           narrator_batch_size, narrator_device, narrator_preprocess, narrator_template))
     settings = long_video.LongVideo(long, snippet_seconds, window, stride, nms_iou)
+    config = workdir_files.read_config(workdir)
+    if trainfree.is_trainfree(config) and cls is Predictor:
+      cls = TrainFreePredictor  # pylint: disable=self-cls-assignment
     return cls(workdir, workdir_files.read_config(workdir),
                workdir_files.read_vocabulary(workdir), step, i3d=i3d, narrator=narrator,
                word_vectors=word_vectors, cache_dir=cache_dir, long=settings)
@@ -419,6 +424,83 @@ class Predictor:
       start, end = metrics.index_to_time(i, j, plan_.snippets, duration)
       moments.append(Moment(float(start), float(end), p, i, j))
     return QueryResult(query, moments, float(duration), plan=plan_, **curves)
+
+
+class TrainFreePredictor(Predictor):
+  """The train-free retriever of a workdir written by `tea-jax --config ...:trainfree` (no
+  checkpoint): each query's cosine with the narrative rows, searched for its best segments with
+  the workdir's `trainfree` settings (tea_jax/trainfree.py). `Predictor.from_workdir` returns one
+  for such a workdir. Moments carry the segment's score (mean relevance inside minus outside) as
+  their `probability`; the timeline's highlight curve is the normalised relevance and its start /
+  end curves are zero (the search has no span distribution). Video features are not read: a video
+  file is gridded at one snippet per narration interval, a features array by its rows."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.step = 0  # what its evaluation's predictions say: no checkpoint
+
+  @property
+  def label(self) -> str:
+    return f"train-free ({os.path.basename(os.path.normpath(self.workdir))})"
+
+  @property
+  def variables(self):
+    return {}  # nothing trained: no checkpoint to restore
+
+  @property
+  def settings(self) -> trainfree.SearchSettings:
+    return trainfree.SearchSettings.from_config(self.config.trainfree)
+
+  def check_video_files(self) -> None:
+    """Video files need no I3D weights here (no video features are read)."""
+
+  def video_features(self, video: str) -> tuple[np.ndarray, float]:
+    """(snippets, video_dim) zeros, one per narration interval, and the file's duration."""
+    video_inputs.check_video(video)
+    duration = duration_seconds(video)
+    if duration <= 0:
+      raise InputError(f"{video}: its duration cannot be read")
+    interval = self.narrator.settings.interval if self.narrator else 1.0
+    rows = max(1, math.ceil(duration / interval))
+    return np.zeros((rows, self.config.model.video_dim), np.float32), duration
+
+  def plan(self, rows: int, duration: float) -> long_video.Plan:
+    """The whole video, pooled to the snippet budget (the search has no window length)."""
+    return long_video.plan(rows, duration, self.max_snippets, long_video.LongVideo("pool"), None)
+
+  def query_vectors(self, queries: Sequence[str], glove_cache: str | None) -> np.ndarray:
+    """(Q, word_dim) mean word vectors of the queries: through the GloVe file when the Predictor
+    has one (any word), else the workdir's vocabulary rows (its records' words)."""
+    ids = query_ids(self.config, self.vocabulary, queries, self.workdir)
+    if self.word_vectors:
+      encoder = self._encoder([(0.0, q) for q in queries], glove_cache)
+      return encoder.encode(list(queries))
+    table = workdir_files.read_word_vectors(self.workdir)
+    return np.stack([trainfree.mean_word_vector(np.array(t), table) for t in ids])
+
+  def _predict(self, features, duration, queries, narratives, top_k,
+               glove_cache: str | None) -> list[QueryResult]:
+    check_top_k(top_k)
+    vectors = self.query_vectors(queries, glove_cache)
+    check_features(self.config, features)
+    if not np.isfinite(duration) or duration <= 0:
+      raise InputError(f"duration must be positive seconds, got {duration}")
+    if not isinstance(narratives, np.ndarray):
+      self.check_narrative_source(narratives is not None)
+    plan_ = self.plan(len(features), duration)
+    narrative = self._narrative_rows(narratives, duration, len(features), plan_.snippets,
+                                     glove_cache)
+    results = []
+    for query, vector in zip(queries, vectors):
+      curve = trainfree.cosine_relevance(vector, narrative)
+      moments = []
+      for seg in trainfree.search(curve, self.settings, top_k):
+        start, end = metrics.index_to_time(seg.start, seg.end, plan_.snippets, duration)
+        moments.append(Moment(float(start), float(end), seg.score, seg.start, seg.end))
+      zeros = np.zeros(plan_.snippets)
+      results.append(QueryResult(query, moments, float(duration), zeros, zeros,
+                                 trainfree.normalise(curve), plan_))
+    return results
 
 
 def check_top_k(top_k) -> None:

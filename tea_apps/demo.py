@@ -1,10 +1,12 @@
-"""The bundled demo: synthetic benchmark -> records -> train -> eval, for EMB and for TEA.
+"""The bundled demo: synthetic benchmark -> records -> train -> eval, for EMB and for TEA (and the
+train-free retriever, evaluated on the same records without training).
 
     python -m tea_apps.demo [--config configs/demo.py] [--workdir runs/demo] [--config.num_epochs=N]
 
 Runs the same data_prep -> records -> train -> eval path as real data (configs/demo.py) twice: the
 baseline (EMB: merge none, no paragraph branch) and TEA (the config's merge + paragraph branch),
-then prints R1@0.5, R1@0.7 and mIoU per split for both and writes them to <workdir>/results.json.
+evaluates the train-free retriever (variant trainfree) on TEA's records, then prints R1@0.5,
+R1@0.7 and mIoU per split for each and writes them to <workdir>/results.json.
 """
 
 import logging
@@ -15,7 +17,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from data_prep import build_records, synthetic
-from tea_jax import cli, files, train
+from tea_jax import cli, files, train, trainfree
+from tea_jax.config_checks import uses_narrative
 from tea_jax.data.input_pipeline import load_meta
 from tea_jax.data.schema import records_dir
 from tea_jax.errors import ConfigError, InputError
@@ -43,12 +46,18 @@ def prepare_data(config: ml_collections.ConfigDict) -> None:
 
 
 def variants(config: ml_collections.ConfigDict) -> dict[str, ml_collections.ConfigDict]:
-  """EMB (no narratives) and TEA (the config's narrative settings), same everything else."""
+  """EMB (no narratives) and TEA (the config's narrative settings), same everything else; and the
+  train-free retriever on TEA's records (nothing to train: it is evaluated in seconds)."""
   emb = ml_collections.ConfigDict(config.to_dict())
   emb.model.merge, emb.model.paragraph_branch = "none", False
   if "variant" in emb:
     emb.variant = "emb"
-  return {"EMB": emb, "TEA": ml_collections.ConfigDict(config.to_dict())}
+  out = {"EMB": emb, "TEA": ml_collections.ConfigDict(config.to_dict())}
+  if "trainfree" in config and uses_narrative(config.model):
+    free = ml_collections.ConfigDict(config.to_dict())
+    free.variant = trainfree.VARIANT
+    out["Train-free"] = free
+  return out
 
 
 def results_table(results: dict[str, dict], splits: list[str]) -> str:
@@ -74,7 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out = train.train_and_evaluate(variant, os.path.join(workdir, name.lower()))
     if "metrics" not in out:
       raise ConfigError(f"{name} stopped at step {out['step']} before the end of its training "
-                        f"(config.max_steps={config.get('max_steps')}): the demo needs both runs "
+                        f"(config.max_steps={config.get('max_steps')}): the demo needs every run "
                         f"finished")
     results[name] = out["metrics"]
   table = results_table(results, list(config.data.eval_splits))
@@ -101,7 +110,7 @@ def run_cli():
   """`python -m tea_apps.demo`: flags are defined here, not at import, so that importing this module
   never clashes with tea_jax.main's flags."""
   config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config.", lock_config=True)
-  flags.DEFINE_string("workdir", "runs/demo", "Where both runs are written.")
+  flags.DEFINE_string("workdir", "runs/demo", "Where the runs are written.")
   flags.DEFINE_bool("prepare_only", False, "Only write the synthetic data and its records (then "
                     "`python -m tea_jax.main --config configs/demo.py` trains one model on them).")
   cli.run_app(main, __doc__, __file__)

@@ -25,7 +25,7 @@ import jax
 from data_prep import build_records, synthetic
 from tea_apps import paper_runs, paper_tables
 from tea_apps.paper_runs import Options, Plan, RunSpec, TABLES
-from tea_jax import cli, compilation_cache, files, train
+from tea_jax import cli, compilation_cache, files, train, trainfree
 from tea_jax import workdir as workdir_files
 from tea_jax.config_checks import uses_narrative
 from tea_jax.data.input_pipeline import load_meta
@@ -340,6 +340,9 @@ def _projection_lines(plan: Plan, args, states: dict, paper_speed) -> list[str]:
     name = os.path.relpath(run.workdir, plan.options.runs)
     if states[run.workdir] == "finished":
       rows.append(f"| {name} | 0 | 0 | | | finished |")
+      continue
+    if trainfree.is_trainfree(config):  # no step to time: a numpy search per pair
+      rows.append(f"| {name} | 0 | 0 | | | seconds (no training) |")
       continue
     counts, source = paper_speed.pair_counts(run, config)
     sources.add(source)

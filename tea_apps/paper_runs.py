@@ -30,6 +30,11 @@ ABLATIONS = ("fig3", "table4", "table5", "fig4")
 ABLATION_COLUMN = "charades_cd/test_ood"
 # Our runs of the comparison tables: paper row -> variant (configs/common.py: VARIANTS).
 COMPARED = {"EMB\u2020": "emb", "TEA": "tea"}
+# Our rows of the comparison tables that the paper has no row for: label -> variant. The
+# train-free retriever (issue 24) has no parameters and no randomness: one run (the first seed's
+# folder) stands for every seed.
+OURS_ONLY = {"Train-free (tea_jax)": "trainfree"}
+DETERMINISTIC = ("trainfree",)
 # Fig. 3: EMB, +VN, +PQ, VN+PQ.
 FIG3 = {"EMB": "emb", "+VN": "vn", "+PQ": "pq", "VN+PQ": "tea"}
 # Table 4 compares merges of the video and narrative features. "Video-only" is the EMB baseline:
@@ -273,8 +278,9 @@ class Planner:
     return known
 
   def seeds(self, benchmark, variant, ablation=False, name="", extra=()) -> list[RunSpec]:
-    """The run of every seed asked for."""
-    return [self.run(benchmark, variant, s, ablation, name, extra) for s in self.options.seeds]
+    """The run of every seed asked for (of the first only, for a variant without randomness)."""
+    seeds = self.options.seeds[:1] if variant in DETERMINISTIC else self.options.seeds
+    return [self.run(benchmark, variant, s, ablation, name, extra) for s in seeds]
 
   def table(self, name: str) -> Table:
     """The rows and runs of one table or figure."""
@@ -284,10 +290,13 @@ class Planner:
     return Table(name, paper["title"], columns, paper, rows(name, columns))
 
   def _comparison_rows(self, name, columns) -> list[Row]:
-    """Tables 2 and 3: EMB and TEA on every column's benchmark."""
-    return [Row(f"{row} (tea_jax)".replace("\u2020", ""), row,
+    """Tables 2 and 3: EMB and TEA on every column's benchmark, then the train-free retriever."""
+    rows = [Row(f"{row} (tea_jax)".replace("\u2020", ""), row,
                 {c.key: self.seeds(c.key.split("/")[0], variant) for c in columns})
             for row, variant in COMPARED.items()]
+    return rows + [Row(label, None, {c.key: self.seeds(c.key.split("/")[0], variant)
+                                     for c in columns})
+                   for label, variant in OURS_ONLY.items()]
 
   def _ablation(self, label: str, paper_row: str | None, variant: str, name: str = "",
                 extra: tuple[str, ...] = (), alpha: float | None = None) -> Row:

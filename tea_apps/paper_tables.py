@@ -8,7 +8,7 @@ import dataclasses
 import io
 import statistics
 
-from tea_apps.paper_runs import RunSpec, Table, alpha_text
+from tea_apps.paper_runs import RunSpec, Table, alpha_text, published
 from tea_jax import files
 from tea_jax import workdir as workdir_files
 
@@ -102,11 +102,14 @@ def _header(table: Table, cells: dict, seeds: tuple[int, ...], demo: bool) -> li
   if protocols:
     for protocol, selection in sorted(protocols.items()):
       lines.append(f"Protocol (metrics.json): **{protocol}**: {selection}.")
+    if "trainfree" in protocols:
+      lines.append("The train-free row has no checkpoint and no seeds: one deterministic run per "
+                   "benchmark, nothing selected on any split.")
     if "val" in protocols:
       lines.append("The paper's EMB\u2020 and TEA numbers come from EMB's training loop, which "
                    "selects on the test split (`--protocol reference`); runs under `val` select "
                    "on a validation split and are expected to be lower.")
-    else:
+    elif "reference" in protocols:
       lines.append("The paper's EMB\u2020 and TEA numbers come from the same loop (EMB's code), "
                    "which selects on the test split: optimistic for both.")
   else:
@@ -163,13 +166,35 @@ def _comparison(table, paper, cells, csv_rows) -> list[str]:
     row = ours.get(prow["row"])
     if row is None:
       continue
-    lines.append(f"| **{row.label}** | seeds | "
-                 + " | ".join(ours_text(cells[(row.label, c.key)]) for c in table.columns) + " |")
-    for col in table.columns:
-      for k, metric in enumerate(METRICS):
-        csv_rows.append(_csv_row(table, row.label, row.paper_row, col, metric, None,
-                                 cells[(row.label, col.key)]))
-  return lines
+    _our_row(table, row, cells, lines, csv_rows)
+  for row in table.rows:
+    if row.paper_row is None:  # rows the paper has not (the train-free retriever)
+      _our_row(table, row, cells, lines, csv_rows)
+  return lines + _trainfree_reference(table)
+
+
+def _our_row(table, row, cells, lines, csv_rows) -> None:
+  """One row of ours in a comparison table, and its CSV lines."""
+  # The rows the paper lacks are the train-free retriever's: one deterministic run.
+  runs = "seeds" if row.paper_row else "one run"
+  lines.append(f"| **{row.label}** | {runs} | "
+               + " | ".join(ours_text(cells[(row.label, c.key)]) for c in table.columns) + " |")
+  for col in table.columns:
+    for k, metric in enumerate(METRICS):
+      csv_rows.append(_csv_row(table, row.label, row.paper_row, col, metric, None,
+                               cells[(row.label, col.key)]))
+
+
+def _trainfree_reference(table) -> list[str]:
+  """Published train-free results (paper_results.json: trainfree_reference) below a comparison
+  table that has our train-free row. They are on another benchmark than the table's columns, so
+  they get their own small table rather than a place under the wrong columns."""
+  reference = published().get("trainfree_reference")
+  if not reference or not any(row.paper_row is None for row in table.rows):
+    return []
+  lines = ["", f"Published train-free methods, for scale: {reference['note']}", "",
+           f"| method | {reference['benchmark']} |", "| --- | --- |"]
+  return lines + [f"| {r['row']} | {paper_text(r['values'])} |" for r in reference["rows"]]
 
 
 def _ablation(table, paper, cells, csv_rows) -> list[str]:

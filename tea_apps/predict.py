@@ -168,8 +168,6 @@ def check_args(args) -> None:
     raise InputError("--query is required (repeatable)")
   if args.features and args.duration is None:
     raise InputError("--features needs --duration (seconds)")
-  if args.video and not args.i3d_weights:
-    raise InputError("--video needs --i3d-weights (rgb_charades.pt or a converted .npz)")
   if args.video and args.duration is not None:
     raise InputError("--duration is for --features: a video's duration is read from its file")
   if args.plot is not None and importlib.util.find_spec("matplotlib") is None:

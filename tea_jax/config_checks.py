@@ -90,6 +90,14 @@ DATA_RULES: dict[str, Rule] = {
     "pooling": one_of(*POOLINGS), "bad_records": one_of(*BAD_RECORD_POLICIES),
     "strict": one_of(True, False), "missing": one_of(*MISSING_POLICIES),
 }
+# The train-free retriever's segment search (tea_jax/trainfree.py: SearchSettings).
+TRAINFREE_RULES: dict[str, Rule] = {
+    "threshold": number(0, 1), "window_fraction": number(0, 1, open_low=True),
+    "max_fraction": number(0, 1, open_low=True), "rise_threshold": number(-math.inf),
+    "sigma": number(0, open_low=True), "nms_iou": number(0, 1), "glove_weight": number(0),
+    "text_weight": number(0), "frames_weight": number(0),
+    "scores": lambda value: None if isinstance(value, str) else "a file name (str)",
+}
 RULES: dict[str, Rule] = {
     "seed": integer(0), "batch_size": POSITIVE, "eval_batch_size": POSITIVE,
     "num_epochs": POSITIVE, "eval_every_epochs": POSITIVE, "log_every_steps": POSITIVE,
@@ -101,6 +109,7 @@ RULES: dict[str, Rule] = {
     "optimizer.clip_norm": number(0, open_low=True),
     **{f"model.{k}": rule for k, rule in MODEL_RULES.items()},
     **{f"loss.{k}": rule for k, rule in LOSS_RULES.items()},
+    **{f"trainfree.{k}": rule for k, rule in TRAINFREE_RULES.items()},
 }
 
 _MISSING = object()
@@ -184,6 +193,7 @@ def check_experiment(config, *, devices: int | None = None) -> None:
   check_fields(config, RULES)
   check_known(config.model, MODEL_RULES, "model")
   check_known(config.get("loss", {}), LOSS_RULES, "loss")
+  check_known(config.get("trainfree", {}), TRAINFREE_RULES, "trainfree")
   check_model(config.model)
   if "loss" in config:
     check_loss(config.loss)

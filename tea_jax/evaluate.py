@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import TYPE_CHECKING
 
 import jax
@@ -17,7 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from tea_jax import checkpointing, compilation_cache, config_checks, metrics
+from tea_jax import checkpointing, compilation_cache, config_checks, metrics, trainfree
 from tea_jax import workdir as workdir_files
 from tea_jax.data.prefetch import to_device
 from tea_jax.data.schema import records_dir
@@ -170,6 +171,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   protocol's checkpoints), or with checkpoint `step`; works on workdirs written by training and by
   tea_jax.import_emb (then `config` must name data). Returns {split: metrics}."""
   from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
+  if trainfree.is_trainfree(config) or _trainfree_workdir(workdir):
+    return evaluate_trainfree(config, workdir, progress)["splits"]
   initialize_distributed(config)
   saved = workdir_files.read_config(workdir)
   config = ml_collections.ConfigDict(config.to_dict())
@@ -186,3 +189,98 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                        f"{config.model.vocab_size} ids but the records in {records.records_dir} "
                        f"have {records.meta['vocab_size']}")
     return report(config, workdir, records, make_mesh(), progress, step=step)["splits"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The train-free retriever (tea_jax/trainfree.py, docs/design.md section 21)
+
+# metrics.json's protocol of the train-free retriever: nothing is selected on any split.
+TRAINFREE_PROTOCOL = "trainfree"
+TRAINFREE_SELECTION = ("no training and no checkpoint: the query's similarity to the narratives, "
+                       "searched for its best segment (train-free retriever)")
+
+
+def _trainfree_workdir(workdir: str) -> bool:
+  """Whether `workdir` holds a train-free retriever's config.json."""
+  try:
+    return trainfree.is_trainfree(workdir_files.read_config(workdir))
+  except FileNotFoundError:
+    return False
+
+
+def trainfree_spans(batch: dict, table: np.ndarray, settings: trainfree.SearchSettings,
+                    split: str = "", stored: dict | None = None) -> dict[str, np.ndarray]:
+  """{start, end, score} (B,) of a records batch, as eval_step decodes a trained model's: each
+  valid example's best segment on its own snippets (padding examples get (0, 0, 0)). `stored`:
+  the precomputed curves of the split's pairs (trainfree.read_curves), when weighted."""
+  size = len(batch["valid"])
+  out = {"start": np.zeros(size, np.int64), "end": np.zeros(size, np.int64),
+         "score": np.zeros(size, np.float64)}
+  for i in np.nonzero(batch["valid"] > 0)[0]:
+    v_len = int(batch["video_mask"][i].sum())
+    query = trainfree.mean_word_vector(batch["word_ids"][i][batch["query_mask"][i] > 0], table)
+    glove = trainfree.cosine_relevance(query, batch["narrative"][i, :v_len])
+    pair = int(batch["pair_index"][i])
+    curves, weights = trainfree.pair_curves(
+        settings, glove, (stored or {}).get((split, pair)), f"{split} pair {pair}", v_len)
+    best = trainfree.search(trainfree.combine(curves, weights), settings, top_k=1)[0]
+    out["start"][i], out["end"][i], out["score"][i] = best.start, best.end, best.score
+  return out
+
+
+def _scores_path(config) -> str:
+  """config.trainfree.scores, joined to data.root unless absolute."""
+  path = config.trainfree.scores
+  return path if os.path.isabs(path) else os.path.join(config.data.root, path)
+
+
+def evaluate_trainfree(config: ml_collections.ConfigDict, workdir: str,
+                       progress: bool = True) -> dict:
+  """Evaluates the train-free retriever on every configured split of the records, writing what a
+  trained model's evaluation writes (config.json, vocab.json, word_vectors.npy, metrics.json,
+  predictions_<split>.jsonl; step 0, no checkpoint). Returns metrics.json's dict."""
+  from tea_jax.data.input_pipeline import Records  # pylint: disable=import-outside-toplevel
+  if not trainfree.is_trainfree(config):
+    saved = workdir_files.read_config(workdir)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.variant, config.trainfree = saved.variant, saved.trainfree
+  config_checks.check_experiment(config, devices=1)
+  settings = trainfree.SearchSettings.from_config(config.trainfree)
+  with workdir_files.locked(workdir, "evaluation"):
+    records = Records(records_dir(config.data), config.data)
+    records.check_fits(config.model)
+    if records.meta["narrative_dim"] != records.meta["word_dim"]:
+      raise InputError(f"the records in {records.records_dir} hold {records.meta['narrative_dim']}"
+                       f"-d narratives but {records.meta['word_dim']}-d word vectors: the "
+                       f"train-free retriever compares them, so they must come from one encoder")
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.vocab_size = records.meta["vocab_size"]
+    table = records.word_vectors()
+    stored = None
+    if settings.scores:
+      stored = trainfree.read_curves(_scores_path(config))
+    workdir_files.write_config(workdir, config)
+    workdir_files.write_vocabulary(workdir, config.model.vocab_size, records.vocabulary(),
+                                   records.records_dir)
+    workdir_files.write_word_vectors(workdir, table)
+    results = {}
+    for split in config.data.eval_splits:
+      preds = []
+      for batch in tqdm(records.eval_batches(split, config.eval_batch_size),
+                        total=math.ceil(records.size(split) / config.eval_batch_size),
+                        desc=f"train-free {split}", leave=False, disable=not progress):
+        preds += _predictions(batch, trainfree_spans(batch, table, settings, split, stored))
+      preds = by_query(preds)
+      summary = metrics.summarise(np.array([p["iou"] for p in preds]))
+      annotated = records.annotated_queries(split)
+      results[split] = {**summary, "step": 0,
+                        "queries": {"evaluated": summary["count"], "annotated": annotated}}
+      if summary["count"] < annotated:
+        results[split]["note"] = (f"{summary['count']} of {annotated} queries evaluated (the "
+                                  f"others' videos lack features or narratives: data.missing)")
+      workdir_files.write_predictions(workdir, split, [
+          {**p, "step": 0, "protocol": TRAINFREE_PROTOCOL} for p in preds])
+    out = {"protocol": TRAINFREE_PROTOCOL, "selection": TRAINFREE_SELECTION,
+           "splits": results, "step": 0}
+    workdir_files.write_metrics(workdir, out)
+    return out

@@ -7,9 +7,10 @@
 
 Training resumes automatically from the latest checkpoint in --workdir. `--mode eval` restores the
 best checkpoint (or --step) of --workdir, also one written by `python -m tea_jax.import_emb`, and
-writes metrics.json and predictions_<split>.jsonl there. The records must exist
-(data_prep.build_records; for configs/demo.py, `python -m tea_apps.demo --prepare_only` writes the
-synthetic data and its records).
+writes metrics.json and predictions_<split>.jsonl there. A `:trainfree` config (the train-free
+retriever, tea_jax/trainfree.py) has nothing to train: either mode evaluates it. The records must
+exist (data_prep.build_records; for configs/demo.py, `python -m tea_apps.demo --prepare_only`
+writes the synthetic data and its records).
 """
 
 import json

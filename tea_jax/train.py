@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from tea_jax import (checkpointing, compilation_cache, config_checks, evaluate, inference, losses,
-                     optim, workdir as workdir_files)
+                     optim, trainfree, workdir as workdir_files)
 from tea_jax.data.prefetch import prefetch_to_device
 from tea_jax.data.schema import records_dir
 from tea_jax.errors import InputError, UserError
@@ -296,6 +296,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains (resuming from workdir), keeps the latest and the best checkpoints, then evaluates the
   best one on every configured split (metrics.json, predictions_<split>.jsonl). One run per
   workdir: a second one is refused while the first holds the workdir's lock."""
+  if trainfree.is_trainfree(config):
+    log.info("the train-free retriever has no parameters to train: evaluating it")
+    return {"step": 0, "metrics": evaluate.evaluate_trainfree(config, workdir, progress)["splits"]}
   initialize_distributed(config)  # first: process 0 alone takes the lock
   with workdir_files.locked(workdir, "training") if is_primary() else contextlib.nullcontext():
     return _train_and_evaluate(config, workdir, progress)

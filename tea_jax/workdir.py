@@ -2,6 +2,8 @@
 
   config.json                the experiment config (ml_collections, as a dict)
   vocab.json                 the vocabulary the embedding table implies
+  word_vectors.npy           the train-free retriever's GloVe rows of vocabulary ids 2.. (it has
+                             no checkpoint to hold them)
   metrics.json               the final evaluation's metrics per split
   predictions_<split>.jsonl  one evaluated pair per line
   evaluations.jsonl          one line per evaluation of a split during training (step, epoch,
@@ -26,6 +28,7 @@ import time
 from typing import Any, Iterable
 
 import ml_collections
+import numpy as np
 
 from tea_jax import files
 from tea_jax.errors import CheckpointError, InputError
@@ -36,6 +39,7 @@ CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 METRICS_FILE = "metrics.json"
 EVALUATIONS_FILE = "evaluations.jsonl"
+WORD_VECTORS_FILE = "word_vectors.npy"
 PAD_ID, UNK_ID = 0, 1
 
 
@@ -72,6 +76,20 @@ def read_vocabulary(workdir: str) -> dict[str, int]:
     raise InputError(f"{path} has no vocabulary words (an EMB import needs "
                      f"`python -m tea_jax.import_emb --words FILE`)")
   return {w: i for i, w in enumerate(words)}
+
+
+def write_word_vectors(workdir: str, vectors: np.ndarray) -> None:
+  """Saves the word vectors of vocabulary ids 2.. (the records' word_vectors.npy)."""
+  files.atomic_write(os.path.join(workdir, WORD_VECTORS_FILE),
+                     lambda f: np.save(f, np.asarray(vectors, np.float32)), binary=True)
+
+
+def read_word_vectors(workdir: str) -> np.ndarray:
+  """The word vectors of vocabulary ids 2.. saved by write_word_vectors."""
+  path = os.path.join(workdir, WORD_VECTORS_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no {WORD_VECTORS_FILE} in workdir {workdir!r}")
+  return np.load(path)
 
 
 def write_metrics(workdir: str, metrics: dict[str, Any]) -> None:

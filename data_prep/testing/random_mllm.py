@@ -1,5 +1,6 @@
 """Randomly initialised MLLMs built from configs alone: tiny ones for tests (LLaVA-1.5, BLIP-2, and
-Idefics3/SmolVLM as a second family for the generic backend), and the real LLaVA-1.5-7b/13b
+Idefics3/SmolVLM as a second family for the generic backend; a BERT text encoder and BLIP-2's
+retrieval model for the train-free curves), and the real LLaVA-1.5-7b/13b
 architectures for speed benchmarks. No weights or tokenizer files are downloaded: the tokenizer is
 a word-level one made here, and the chat templates are written here in the format of each family,
 which is enough to exercise the real loading, prompting, batching and decoding code paths."""
@@ -8,7 +9,8 @@ import os
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+from transformers import (BertConfig, BertModel, Blip2Config, Blip2ForConditionalGeneration,
+                          Blip2ForImageTextRetrieval, Blip2Processor,
                           CLIPVisionConfig, Idefics3Config, Idefics3ForConditionalGeneration,
                           Idefics3Processor, LlamaConfig, LlavaConfig,
                           LlavaForConditionalGeneration, LlavaProcessor, OPTConfig,
@@ -129,6 +131,36 @@ def build_blip2(seed: int = 0):
   model = Blip2ForConditionalGeneration(config)
   model.generation_config.pad_token_id = tokenizer.pad_token_id
   return model.eval(), processor
+
+
+def build_text_encoder(seed: int = 0):
+  """(model, tokenizer) of a tiny random BERT, a sentence encoder for the train-free text curve."""
+  torch.manual_seed(seed)
+  tokenizer = make_tokenizer()
+  tokenizer.padding_side = "right"
+  config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                      pad_token_id=tokenizer.pad_token_id)
+  return BertModel(config).eval(), tokenizer
+
+
+def build_blip2_retrieval(seed: int = 0):
+  """(model, processor) of a tiny random BLIP-2 with its image-text matching and contrastive
+  heads (Blip2ForImageTextRetrieval), as the train-free frame curve loads it."""
+  torch.manual_seed(seed)
+  tokenizer = make_tokenizer()
+  tokenizer.padding_side = "right"
+  config = Blip2Config(
+      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, image_size=32, patch_size=8),
+      qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=4, encoder_hidden_size=32,
+                          vocab_size=len(tokenizer), max_position_embeddings=64,
+                          use_qformer_text_input=True),
+      num_query_tokens=4, image_text_hidden_size=16)
+  image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+  processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer)
+  return Blip2ForImageTextRetrieval(config).eval(), processor
 
 
 def build_idefics3(seed: int = 0, family: str = "idefics3"):
