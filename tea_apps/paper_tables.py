@@ -24,7 +24,7 @@ class Cell:
   values: dict[str, list[float]]  # metric -> values of the finished seeds, in seed order
   seeds: list[int]  # the finished seeds
   asked: int  # how many seeds the row has
-  pairs: list[str]  # "N of M pairs evaluated", for splits whose metrics carry a note
+  pairs: list[str]  # "N of M queries" evaluated, for splits whose metrics carry a note
   protocols: dict[str, str]  # protocol -> metrics.json's selection text
 
   def mean_std(self, metric: str) -> tuple[float, float | None]:
@@ -47,8 +47,8 @@ def cell(runs: list[RunSpec], split: str) -> Cell:
       out.values[m].append(float(summary[m]))
     out.protocols[metrics["protocol"]] = metrics.get("selection", "")
     if summary.get("note"):
-      pairs = summary["pairs"]
-      text = f"{pairs['evaluated']} of {pairs['annotated']} pairs"
+      queries = summary["queries"]  # as tea_jax.evaluate writes it: queries evaluated, annotated
+      text = f"{queries['evaluated']} of {queries['annotated']} queries"
       if text not in out.pairs:
         out.pairs.append(text)
   return out

@@ -273,9 +273,9 @@ def write_metrics(folder, protocol: str, splits: dict) -> None:
 def summary(values, evaluated=100, annotated=100) -> dict:
   """One split's metrics: R1@0.5, R1@0.7, mIoU and the pairs."""
   out = dict(zip(METRICS, values), count=evaluated,
-             pairs={"evaluated": evaluated, "annotated": annotated})
+             queries={"evaluated": evaluated, "annotated": annotated})
   if evaluated < annotated:
-    out["note"] = f"{evaluated} of {annotated} pairs evaluated"
+    out["note"] = f"{evaluated} of {annotated} queries evaluated"
   return out
 
 
@@ -309,7 +309,7 @@ def test_table2_layout_from_metrics_files(tmp_path):
   assert lines[emb_paper + 1].startswith("| **EMB (tea_jax)** |")  # right below the paper's row
   sd = statistics.stdev([0.0, 1.0])
   assert ours[2] == (f"0.50 \u00b1 {sd:.2f} / 1.50 \u00b1 {sd:.2f} / 2.50 \u00b1 {sd:.2f} "
-                     f"[3300 of 3375 pairs evaluated]")
+                     f"[3300 of 3375 queries evaluated]")
   tea = markdown_row(text, "**TEA (tea_jax)**")
   assert tea[3] == "13.00 / 14.00 / 15.00 (1 of 2 seeds)"
   assert markdown_row(text, "DRN")[2:] == ["31.11 / 15.17 / 23.05", "\u2014", "\u2014"]
@@ -318,7 +318,7 @@ def test_table2_layout_from_metrics_files(tmp_path):
   # Our train-free row after the paper's rows, then the published train-free numbers in a table
   # of their own, named as Charades-STA's (not under the Charades-CD / -CG columns).
   trainfree = markdown_row(text, "**Train-free (tea_jax)**")
-  assert trainfree[2] == "0.00 / 1.00 / 2.00 [3300 of 3375 pairs evaluated]"
+  assert trainfree[2] == "0.00 / 1.00 / 2.00 [3300 of 3375 queries evaluated]"
   ours_at = [k for k, line in enumerate(lines) if line.startswith("| **Train-free (tea_jax)** |")]
   assert lines.index("| TFVTG | 49.97 / 24.32 / 44.51 |") > ours_at[0] > emb_paper
   assert "| method | Charades-STA (test) |" in lines and "| TAG | 48.58 / 26.67 / 45.69 |" in lines
