@@ -37,6 +37,17 @@ def compilation_cache(tmp_path_factory):
   yield os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
+
+@pytest.fixture(scope="module")
+def env(compilation_cache):
+  """The environment of the training subprocesses the kill-and-resume tests start: the repository
+  and tests/ importable, and the session's persistent compilation cache, so that each restart
+  loads the compiled step."""
+  return dict(os.environ, PYTHONPATH=f"{REPO}:{REPO / 'tests'}",
+              JAX_COMPILATION_CACHE_DIR=compilation_cache,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
 def pytest_terminal_summary(terminalreporter):
   skipped = [r for r in terminalreporter.stats.get("skipped", []) if "no shared data" in str(r.longrepr)]
   if skipped:

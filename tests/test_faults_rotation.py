@@ -79,15 +79,6 @@ print("steps", result["step"])
 """
 
 
-@pytest.fixture(scope="module")
-def env(compilation_cache):
-  # The session's persistent compilation cache (conftest): restarts load the compiled step.
-  return dict(os.environ, PYTHONPATH=f"{REPO}:{REPO / 'tests'}",
-              JAX_COMPILATION_CACHE_DIR=compilation_cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
 def run(root, workdir, env, kill_after=None):
   args = [sys.executable, "-c", RUN, str(root), str(workdir), str(EPOCHS)]
   args += [] if kill_after is None else [str(kill_after)]
