@@ -1,7 +1,7 @@
 """A small synthetic moment-retrieval benchmark written in the REAL input formats.
 
     python -m data_prep.synthetic --out demo_data [--videos 260 --seed 0] [--video-dim 1024] \
-        [--write-videos]
+        [--write-videos] [--seconds 20 40] [--segments 2 4]
 
 Writes, under --out:
   charades_sta_{train,val,test,test_ood,novel_word,novel_composition}.txt  `vid start end##sentence`
@@ -14,7 +14,8 @@ Writes, under --out:
                            the action (for the frame strip of `tea_apps.predict --plot --videos`)
 
 The world: an action is a (verb, object) pair. A video is a sequence of 2-4 action segments over a
-background. Snippet features carry a weak, noisy visual signature of the action on screen (verb and
+background (`--seconds` and `--segments` make longer videos with more actions, e.g. 60 120 and
+6 12 for a model that must tell an action from many others). Snippet features carry a weak, noisy visual signature of the action on screen (verb and
 object parts), so vision alone is ambiguous. Queries describe ONE segment with a small vocabulary
 ("person opens the door"). Narratives describe every second with more varied words (synonyms,
 scene words), and some seconds are mislabelled: the text channel TEA adds is informative but noisy.
@@ -104,16 +105,17 @@ def caption(rng: np.random.Generator, verb: str | None, obj: str | None) -> str:
   return f"a person {third_person(v)} the {o} {scene} ."
 
 
-def make_video(rng, world, split, seconds=(20, 40)):
-  """One video of 2-4 segments; returns duration, features, narratives and segments.
+def make_video(rng, world, split, seconds=(20, 40), segments=(2, 4)):
+  """One video of `segments` (2-4) action segments (1-2 in `test_ood`); returns duration,
+  features, narratives and segments.
 
-  Segments start in the first 60% of the video, except in `test_ood` videos where they all start
-  in the last 40%. `novel_composition` videos contain at least one held-out (verb, object) pair,
+  Segments start anywhere (only those starting in the first 60% are queried), except in
+  `test_ood` videos where they all start in the last 40%. `novel_composition` videos contain at least one held-out (verb, object) pair,
   other videos none.
   """
   duration = int(rng.integers(seconds[0], seconds[1] + 1))
   late = split == "test_ood"
-  n_seg = int(rng.integers(1, 3)) if late else int(rng.integers(2, 5))
+  n_seg = int(rng.integers(1, 3)) if late else int(rng.integers(segments[0], segments[1] + 1))
   actions = []
   if split == "novel_composition":
     held = sorted(HELD_OUT_PAIRS)
@@ -126,16 +128,16 @@ def make_video(rng, world, split, seconds=(20, 40)):
   # Non-overlapping segments (cut points in order), inside the allowed region.
   lo, hi = (int(np.ceil(0.6 * duration)), duration - 1) if late else (1, duration - 1)
   cuts = np.sort(rng.choice(np.arange(lo, hi), size=2 * n_seg, replace=False))
-  segments = [(actions[k], int(cuts[2 * k]), int(cuts[2 * k + 1]) + 1) for k in range(n_seg)]
-  feats = world.features(duration, segments)
+  spans = [(actions[k], int(cuts[2 * k]), int(cuts[2 * k + 1]) + 1) for k in range(n_seg)]
+  feats = world.features(duration, spans)
   narratives = []
   for second in range(duration):
-    active = [a for a, s, e in segments if s <= second < e]
+    active = [a for a, s, e in spans if s <= second < e]
     if rng.random() < 0.15:  # the narrator is wrong now and then
       active = [(str(rng.choice(list(VERBS))), str(rng.choice(list(OBJECTS))))]
     verb, obj = active[0] if active else (None, None)
     narratives.append({"t": float(second), "text": caption(rng, verb, obj)})
-  return duration, feats, narratives, segments
+  return duration, feats, narratives, spans
 
 
 def action_colour(verb: str, obj: str) -> tuple[int, int, int]:
@@ -181,13 +183,20 @@ def query_text(verb: str, obj: str, use_synonym: bool, rng) -> str:
 
 def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
              word_dim: int = 50, seconds: tuple[int, int] = (20, 40),
-             write_videos: bool = False, annotation_format: str = "sta") -> dict:
+             write_videos: bool = False, annotation_format: str = "sta",
+             segments: tuple[int, int] = (2, 4)) -> dict:
   """Writes the benchmark (and with `write_videos` a video file per video); returns counts per
   split. The annotations are Charades-STA files (charades_sta_<split>.txt with charades.json) or,
   with annotation_format="jsonl", <split>.jsonl in the JSON-lines format of Moment-DETR (the
-  format of configs/custom.py); the same pairs either way."""
+  format of configs/custom.py); the same pairs either way. `seconds` and `segments` bound each
+  video's length and its number of actions (test_ood videos keep 1-2); the world's visual
+  signatures depend on the seed and video_dim only, so longer videos with more actions
+  (seconds=(60, 120), segments=(6, 12)) show the same actions as the demo's."""
   if annotation_format not in ("sta", "jsonl"):
     raise ValueError(f"annotation_format must be 'sta' or 'jsonl', got {annotation_format!r}")
+  if not 1 <= segments[0] <= segments[1] or 2 * segments[1] > seconds[0] - 2:
+    raise ValueError(f"segments {segments} must be 1 <= low <= high with 2 * high cut points "
+                     f"inside the shortest video ({seconds[0]} s)")
   rng = np.random.default_rng(seed)
   world = World(rng, video_dim)
   os.makedirs(os.path.join(out, "features"), exist_ok=True)
@@ -199,15 +208,15 @@ def generate(out: str, videos: int = 260, seed: int = 0, video_dim: int = 256,
   plan += ["train"] * (videos - len(plan))
   for n, split in enumerate(plan):
     vid = f"S{n:04d}"
-    duration, feats, narratives, segments = make_video(rng, world, split, seconds)
+    duration, feats, narratives, spans = make_video(rng, world, split, seconds, segments)
     np.save(os.path.join(out, "features", f"{vid}.npy"), feats)
     if write_videos:
       os.makedirs(os.path.join(out, "videos"), exist_ok=True)
-      write_video(os.path.join(out, "videos", f"{vid}.mp4"), duration, segments)
+      write_video(os.path.join(out, "videos", f"{vid}.mp4"), duration, spans)
     durations[vid] = {"duration": float(duration), "subset": split}
     narration_lines.append({"video_id": vid, "interval": 1.0, "narratives": narratives,
                             "model": "synthetic", "prompt": None})
-    for (verb, obj), start, end in segments:
+    for (verb, obj), start, end in spans:
       if split == "novel_composition" and (verb, obj) not in HELD_OUT_PAIRS:
         continue
       if split != "test_ood" and start >= 0.6 * duration:
@@ -268,6 +277,10 @@ def main(argv=None):
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--video-dim", type=int, default=256)
   parser.add_argument("--word-dim", type=int, default=50)
+  parser.add_argument("--seconds", type=int, nargs=2, default=(20, 40), metavar=("MIN", "MAX"),
+                      help="video lengths in seconds")
+  parser.add_argument("--segments", type=int, nargs=2, default=(2, 4), metavar=("MIN", "MAX"),
+                      help="action segments per video (test_ood videos keep 1-2)")
   parser.add_argument("--write-videos", action="store_true",
                       help="also write videos/<vid>.mp4 (frames for tea_apps.predict --plot)")
   parser.add_argument("--format", choices=("sta", "jsonl"), default="sta",
@@ -275,7 +288,7 @@ def main(argv=None):
                            "<split>.jsonl in Moment-DETR's format (configs/custom.py)")
   args = parser.parse_args(argv)
   counts = generate(args.out, args.videos, args.seed, args.video_dim, args.word_dim,
-                    write_videos=args.write_videos, annotation_format=args.format)
+                    tuple(args.seconds), args.write_videos, args.format, tuple(args.segments))
   print(json.dumps({"out": args.out, "pairs": counts}))
 
 

@@ -69,8 +69,9 @@ class Moment:
 class QueryResult:
   """One query's answer: its moments, best first, and the curves a timeline draws, each
   (snippets,) over the whole video: start / end probabilities and the highlight score (with
-  windows, the largest value among the windows covering a snippet). `plan` says how the video was
-  read (pooled, or windows at the training rate)."""
+  windows, the whole video's probabilities and the largest highlight among the windows covering a
+  snippet: tea_apps/long_video.py). `plan` says how the video was read (pooled, or windows at the
+  training rate)."""
 
   query: str
   moments: list[Moment]
@@ -393,13 +394,17 @@ class Predictor:
 
   def _scores(self, windows: np.ndarray, narratives: np.ndarray,
               ids: list[list[int]]) -> dict[str, np.ndarray]:
-    """start_prob, end_prob, highlight, each (n_queries, n_windows, window), of every query in
-    every window; (window, query) rows run in batches of a few fixed sizes."""
+    """start_prob, end_prob, highlight, start_logits, end_logits (and with the paragraph branch its
+    logits), each (n_queries, n_windows, window), of every query in every window; (window, query)
+    rows run in batches of a few fixed sizes."""
     rows = [(w, q) for q in range(len(ids)) for w in range(len(windows))]
     limit = self.config.model.max_positions
     length = _padded_length(windows.shape[1], limit)
     words = _padded_length(max(len(t) for t in ids), limit)
-    out = {k: [] for k in ("start_prob", "end_prob", "highlight")}
+    keys = ("start_prob", "end_prob", "highlight", "start_logits", "end_logits")
+    if self.config.model.paragraph_branch:
+      keys += ("paragraph_start_logits", "paragraph_end_logits")
+    out = {k: [] for k in keys}
     for first in range(0, len(rows), MAX_BATCH):
       chunk = rows[first:first + MAX_BATCH]
       padded = chunk + [chunk[-1]] * (_padded_size(len(chunk)) - len(chunk))
@@ -414,11 +419,16 @@ class Predictor:
     """One query's moments and whole-video curves from its (n_windows, window) scores."""
     if plan_.mode == "pool":
       spans = metrics.top_spans(scores["start_prob"][0], scores["end_prob"][0], top_k)
-      curves = {k: v[0] for k, v in scores.items()}
+      curves = {k: scores[k][0] for k in ("start_prob", "end_prob", "highlight")}
     else:
-      spans = long_video.merge_windows(scores["start_prob"], scores["end_prob"], plan_, duration,
-                                       top_k, self.long.nms_iou)
-      curves = {k: long_video.stitch(v, plan_) for k, v in scores.items()}
+      model = self.config.model
+      start, end = long_video.whole_video_probabilities(
+          scores, plan_, model.alpha if model.paragraph_branch else None)
+      width = scores["start_logits"].shape[1]
+      spans = long_video.merge_windows(start, end, plan_, width, duration, top_k,
+                                       self.long.nms_iou)
+      curves = {"start_prob": start.astype(np.float32), "end_prob": end.astype(np.float32),
+                "highlight": long_video.stitch(scores["highlight"], plan_)}
     moments = []
     for i, j, p in spans:
       start, end = metrics.index_to_time(i, j, plan_.snippets, duration)

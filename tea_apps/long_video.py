@@ -21,12 +21,16 @@ an 8-second moment cannot be resolved. "windows" reads the video at the training
    to end at the video's end; "auto" pools unless the video has more rows than max_snippets and
    pooling would make its snippets coarser than the coarsest of training (so a video as long as
    ActivityNet's training videos is still pooled, as they were).
-3. The merge (`merge_windows`): every span of every window with its probability in that window,
-   placed on the whole video's snippets, suppressed by tea_jax.metrics.nms (IoU above `nms_iou`)
-   and ranked by probability; the whole video's curves take, at each snippet, the largest value
-   among the windows covering it. Each window's probabilities sum to one over its own spans, so a
-   window without the moment still has a best span: the ranking trusts the model to be less sure
-   there (bench/long_video.py measures how well that holds on the demo).
+3. The merge (`whole_video_probabilities`, `merge_windows`): each snippet's start and end logit is
+   the largest among the windows covering it (a moment cut by one window's edge is seen whole by
+   the next), and one softmax over all the video's snippets gives the whole video's start and end
+   probabilities, as the model reads a video within its budget; spans that fit in a window are
+   ranked by p_start[i] p_end[j] after tea_jax.metrics.nms (IoU above `nms_iou`). A window's own
+   probabilities sum to one, so a window without the moment still has a confident best span and
+   they cannot rank windows; logits can, as far as they mean the same in every window. A model
+   trained on videos of many actions ranks the query's own video first for most queries; one
+   trained on the demo's 2-4 actions per video far less often (bench/long_video.py,
+   docs/predict.md "Long videos").
 """
 
 import dataclasses
@@ -172,25 +176,47 @@ def plan(rows: int, duration: float, max_snippets: int, settings: LongVideo,
               duration / snippets)
 
 
-def merge_windows(start_prob: np.ndarray, end_prob: np.ndarray, plan_: Plan, duration: float,
-                  top_k: int, nms_iou: float) -> list[tuple[int, int, float]]:
-  """The `top_k` best (i, j, probability) spans on the whole video's snippets of one query's
-  (windows, window) start / end probabilities, after NMS across all windows' spans."""
-  span = np.asarray(metrics.span_probabilities(start_prob, end_prob))  # (n_windows, W, W)
-  first, last = np.triu_indices(plan_.window)
-  starts = np.asarray(plan_.starts)[:, None]
-  i = (starts + first[None]).ravel()
-  j = (starts + last[None]).ravel()
-  probability = span[:, first, last].ravel()
-  start_s, end_s = metrics.index_to_time(i, j, plan_.snippets, duration)
+def stitch(curves: np.ndarray, plan_: Plan) -> np.ndarray:
+  """(snippets,) curve of the whole video from (n_windows, width) curves: at each snippet, the
+  largest value among the windows covering it."""
+  out = np.full(plan_.snippets, -np.inf, np.asarray(curves).dtype)
+  for start, curve in zip(plan_.starts, curves):
+    out[start:start + len(curve)] = np.maximum(out[start:start + len(curve)], curve)
+  return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """float64 softmax of a (n,) vector."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max())
+  return z / z.sum()
+
+
+def whole_video_probabilities(scores: dict[str, np.ndarray], plan_: Plan,
+                              alpha: float | None) -> tuple[np.ndarray, np.ndarray]:
+  """(start_prob, end_prob), each (snippets,), of one query over the whole video, from its windows'
+  (n_windows, width) logits: each snippet's largest logit among the windows covering it (a moment
+  cut by one window's edge is seen whole by the next), one softmax over all snippets, as the model
+  reads a video that fits its budget. With the paragraph branch (alpha
+  given), (p_v + alpha p_c) / (1 + alpha) of the two branches' softmaxes, as the model mixes them."""
+  out = []
+  for side in ("start", "end"):
+    p = softmax(stitch(scores[f"{side}_logits"], plan_))
+    if alpha is not None:
+      p = (p + alpha * softmax(stitch(scores[f"paragraph_{side}_logits"], plan_))) / (1 + alpha)
+    out.append(p)
+  return out[0], out[1]
+
+
+def merge_windows(start_prob: np.ndarray, end_prob: np.ndarray, plan_: Plan, width: int,
+                  duration: float, top_k: int, nms_iou: float) -> list[tuple[int, int, float]]:
+  """The `top_k` best (i, j, probability) spans of one query's whole-video (snippets,) start / end
+  probabilities: every span that fits in a window (j - i < width), probability
+  p_start[i] p_end[j], after NMS (IoU above nms_iou dropped)."""
+  n = plan_.snippets
+  i = np.concatenate([np.arange(n - d) for d in range(min(width, n))])
+  j = np.concatenate([np.arange(d, n) for d in range(min(width, n))])
+  probability = np.asarray(start_prob, np.float64)[i] * np.asarray(end_prob, np.float64)[j]
+  start_s, end_s = metrics.index_to_time(i, j, n, duration)
   kept = metrics.nms(start_s, end_s, probability, nms_iou, max_keep=top_k)
   return [(int(i[k]), int(j[k]), float(probability[k])) for k in kept]
-
-
-def stitch(curves: np.ndarray, plan_: Plan) -> np.ndarray:
-  """(snippets,) curve of the whole video from (n_windows, window) curves: at each snippet, the
-  largest value among the windows covering it."""
-  out = np.full(plan_.snippets, -np.inf, np.float32)
-  for start, curve in zip(plan_.starts, curves):
-    out[start:start + plan_.window] = np.maximum(out[start:start + plan_.window], curve)
-  return out
