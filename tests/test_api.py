@@ -18,7 +18,7 @@ from data_prep.build_records import build_records
 from data_prep.narratives import read_narratives
 from tea_apps import predict
 from tea_apps.api import Predictor
-from tea_jax import checkpointing, metrics, train
+from tea_jax import checkpointing, train
 from tea_jax.errors import InputError
 
 
