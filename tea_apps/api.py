@@ -220,8 +220,7 @@ class Predictor:
     config = workdir_files.read_config(workdir)
     if trainfree.is_trainfree(config) and cls is Predictor:
       cls = TrainFreePredictor  # pylint: disable=self-cls-assignment
-    return cls(workdir, workdir_files.read_config(workdir),
-               workdir_files.read_vocabulary(workdir), step, i3d=i3d, narrator=narrator,
+    return cls(workdir, config, workdir_files.read_vocabulary(workdir), step, i3d=i3d, narrator=narrator,
                word_vectors=word_vectors, cache_dir=cache_dir, long=settings)
 
   # -------------------------------------------------------------------------------------------
@@ -334,11 +333,7 @@ class Predictor:
     """predict_features with the GloVe rows' cache folder."""
     check_top_k(top_k)
     ids = query_ids(self.config, self.vocabulary, queries, self.workdir)
-    check_features(self.config, features)
-    if not np.isfinite(duration) or duration <= 0:
-      raise InputError(f"duration must be positive seconds, got {duration}")
-    if self.uses_narrative and not isinstance(narratives, np.ndarray):
-      self.check_narrative_source(narratives is not None)  # texts need the word vectors
+    self._check_video(features, duration, narratives)
     plan_ = self.plan(len(features), duration)
     if plan_.mode == "windows" or len(features) > self.max_snippets:
       log.info("%s", plan_.describe(len(features)))
@@ -347,9 +342,22 @@ class Predictor:
                                      glove_cache)
     windows = np.stack([video[s:s + plan_.window] for s in plan_.starts])
     narrative_windows = np.stack([narrative[s:s + plan_.window] for s in plan_.starts])
-    scores = self._scores(windows, narrative_windows, ids)  # each (Q, n_windows, window)
+    # A pooled video is answered from its probabilities, windows from their logits.
+    keys = ("start_prob", "end_prob", "highlight") if plan_.mode == "pool" else (
+        ("highlight", "start_logits", "end_logits")
+        + (("paragraph_start_logits", "paragraph_end_logits")
+           if self.config.model.paragraph_branch else ()))
+    scores = self._scores(windows, narrative_windows, ids, keys)  # each (Q, n_windows, window)
     return [self._result(query, {k: v[q] for k, v in scores.items()}, plan_, duration, top_k)
             for q, query in enumerate(queries)]
+
+  def _check_video(self, features, duration: float, narratives) -> None:
+    """One line for features, a duration or narratives the model cannot read."""
+    check_features(self.config, features)
+    if not np.isfinite(duration) or duration <= 0:
+      raise InputError(f"duration must be positive seconds, got {duration}")
+    if self.uses_narrative and not isinstance(narratives, np.ndarray):
+      self.check_narrative_source(narratives is not None)  # texts need the word vectors
 
   def _narrative_rows(self, narratives, duration: float, rows: int, snippets: int,
                       glove_cache: str | None) -> np.ndarray:
@@ -392,18 +400,15 @@ class Predictor:
         (0, self.config.model.word_dim), np.float32)
     return MeanWordVectorEncoder({w: i for i, w in enumerate(known)}, vectors)
 
-  def _scores(self, windows: np.ndarray, narratives: np.ndarray,
-              ids: list[list[int]]) -> dict[str, np.ndarray]:
-    """start_prob, end_prob, highlight, start_logits, end_logits (and with the paragraph branch its
-    logits), each (n_queries, n_windows, window), of every query in every window; (window, query)
-    rows run in batches of a few fixed sizes."""
+  def _scores(self, windows: np.ndarray, narratives: np.ndarray, ids: list[list[int]],
+              keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The forward outputs `keys` (e.g. start_prob, start_logits, highlight), each (n_queries,
+    n_windows, window), of every query in every window; (window, query) rows run in batches of a
+    few fixed sizes."""
     rows = [(w, q) for q in range(len(ids)) for w in range(len(windows))]
     limit = self.config.model.max_positions
     length = _padded_length(windows.shape[1], limit)
     words = _padded_length(max(len(t) for t in ids), limit)
-    keys = ("start_prob", "end_prob", "highlight", "start_logits", "end_logits")
-    if self.config.model.paragraph_branch:
-      keys += ("paragraph_start_logits", "paragraph_end_logits")
     out = {k: [] for k in keys}
     for first in range(0, len(rows), MAX_BATCH):
       chunk = rows[first:first + MAX_BATCH]
@@ -419,7 +424,7 @@ class Predictor:
     """One query's moments and whole-video curves from its (n_windows, window) scores."""
     if plan_.mode == "pool":
       spans = metrics.top_spans(scores["start_prob"][0], scores["end_prob"][0], top_k)
-      curves = {k: scores[k][0] for k in ("start_prob", "end_prob", "highlight")}
+      curves = {k: v[0] for k, v in scores.items()}
     else:
       model = self.config.model
       start, end = long_video.whole_video_probabilities(
@@ -492,11 +497,7 @@ class TrainFreePredictor(Predictor):
                glove_cache: str | None) -> list[QueryResult]:
     check_top_k(top_k)
     vectors = self.query_vectors(queries, glove_cache)
-    check_features(self.config, features)
-    if not np.isfinite(duration) or duration <= 0:
-      raise InputError(f"duration must be positive seconds, got {duration}")
-    if not isinstance(narratives, np.ndarray):
-      self.check_narrative_source(narratives is not None)
+    self._check_video(features, duration, narratives)
     plan_ = self.plan(len(features), duration)
     narrative = self._narrative_rows(narratives, duration, len(features), plan_.snippets,
                                      glove_cache)

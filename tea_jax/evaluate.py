@@ -96,6 +96,17 @@ def by_query(pair_predictions: list[dict]) -> list[dict]:
   return out
 
 
+def split_result(summary: dict, step: int, annotated: int) -> dict:
+  """metrics.json's entry of one split: the summary, the step it was evaluated at, the queries
+  evaluated and annotated, and a note when some were left out."""
+  out = {**summary, "step": step,
+         "queries": {"evaluated": summary["count"], "annotated": annotated}}
+  if summary["count"] < annotated:
+    out["note"] = (f"{summary['count']} of {annotated} queries evaluated (the others' videos lack "
+                   f"features or narratives: data.missing)")
+  return out
+
+
 REFERENCE_NOTE = ("each split reports its own best evaluation by R1@0.3 + R1@0.5 + R1@0.7 + mIoU "
                   "on that same split, evaluated every steps_per_epoch // 2 steps and at each "
                   "epoch end (EMB's training loop, where the paper's numbers come from): this "
@@ -146,12 +157,7 @@ def report(config, workdir: str, records: Records, mesh, progress: bool = True, 
     for split in splits:
       summary, preds = evaluate_split(eval_step, variables, records, split,
                                       config.eval_batch_size, mesh, progress)
-      annotated = records.annotated_queries(split)
-      results[split] = {**summary, "step": int(chosen),
-                        "queries": {"evaluated": summary["count"], "annotated": annotated}}
-      if summary["count"] < annotated:
-        results[split]["note"] = (f"{summary['count']} of {annotated} queries evaluated (the "
-                                  f"others' videos lack features or narratives: data.missing)")
+      results[split] = split_result(summary, int(chosen), records.annotated_queries(split))
       if is_primary():
         workdir_files.write_predictions(workdir, split, [
             {**p, "step": int(chosen), "protocol": protocol} for p in preds])
@@ -272,12 +278,7 @@ def evaluate_trainfree(config: ml_collections.ConfigDict, workdir: str,
         preds += _predictions(batch, trainfree_spans(batch, table, settings, split, stored))
       preds = by_query(preds)
       summary = metrics.summarise(np.array([p["iou"] for p in preds]))
-      annotated = records.annotated_queries(split)
-      results[split] = {**summary, "step": 0,
-                        "queries": {"evaluated": summary["count"], "annotated": annotated}}
-      if summary["count"] < annotated:
-        results[split]["note"] = (f"{summary['count']} of {annotated} queries evaluated (the "
-                                  f"others' videos lack features or narratives: data.missing)")
+      results[split] = split_result(summary, 0, records.annotated_queries(split))
       workdir_files.write_predictions(workdir, split, [
           {**p, "step": 0, "protocol": TRAINFREE_PROTOCOL} for p in preds])
     out = {"protocol": TRAINFREE_PROTOCOL, "selection": TRAINFREE_SELECTION,
