@@ -97,10 +97,9 @@ class Blip2FrameScorer:
     return np.concatenate(out)
 
 
-def text_curve(encoder, query: str, captions: list[tuple[float, str]], duration: float,
-               snippets: int) -> np.ndarray:
-  """(snippets,) cosine of the query with the captions aligned to the snippets."""
-  rows = video_narrative(captions, encoder, duration, snippets)
+def text_curve(encoder, query: str, rows: np.ndarray) -> np.ndarray:
+  """(snippets,) cosine of the query with `rows`, the video's captions embedded by `encoder` and
+  aligned to its snippets (data_prep.narratives.video_narrative)."""
   return trainfree.cosine_relevance(encoder.encode([query])[0], rows)
 
 
@@ -145,21 +144,24 @@ def write_scores(config, out: str, *, text_encoder: str | None = None, blip2: st
                        f"{path!r} is missing")
     captions = read_narratives(path)[0]
   video_files = find_videos(videos) if scorer else {}
-  frames_of: dict[str, list] = {}
+  current: dict = {}  # the current video's caption rows and frames: pairs come video by video
   lines = []
   for split, pair_index, video_id, query, duration, snippets in pairs(config, splits):
+    if current.get("video_id") != video_id:
+      current = {"video_id": video_id}
     curves = {}
     if encoder:
       if video_id not in captions:
         raise InputError(f"video {video_id} has no narratives in {config.data.narratives}")
-      curves["text"] = text_curve(encoder, query, captions[video_id], duration, snippets).tolist()
+      if "rows" not in current:  # the captions once per video, not once per query
+        current["rows"] = video_narrative(captions[video_id], encoder, duration, snippets)
+      curves["text"] = text_curve(encoder, query, current["rows"]).tolist()
     if scorer:
       if video_id not in video_files:
         raise InputError(f"video {video_id} not found under {videos}")
-      if video_id not in frames_of:
-        frames_of.clear()  # pairs come video by video: keep one video's frames
-        frames_of[video_id] = list(sample_frames(video_files[video_id], frame_interval))
-      curves["frames"] = frame_curve(scorer, query, frames_of[video_id], duration,
+      if "frames" not in current:
+        current["frames"] = list(sample_frames(video_files[video_id], frame_interval))
+      curves["frames"] = frame_curve(scorer, query, current["frames"], duration,
                                      snippets).tolist()
     lines.append({"split": split, "pair_index": pair_index, "video_id": video_id,
                   "query": query, "curves": curves})

@@ -250,6 +250,7 @@ def test_text_encoder_and_blip2_curves_feed_the_evaluation(evaluated, tmp_path):
   the weighted mean of the three normalised curves."""
   from tea_apps import trainfree_scores  # pylint: disable=import-outside-toplevel
   from data_prep.frames import sample_frames  # pylint: disable=import-outside-toplevel
+  from data_prep.narratives import read_narratives  # pylint: disable=import-outside-toplevel
   from data_prep.testing import random_mllm  # pylint: disable=import-outside-toplevel
   from tea_jax import evaluate  # pylint: disable=import-outside-toplevel
   root, _ = evaluated
@@ -271,6 +272,15 @@ def test_text_encoder_and_blip2_curves_feed_the_evaluation(evaluated, tmp_path):
   np.testing.assert_allclose(first["curves"]["frames"],
                              scorer.scores([image for _, image in frames], first["query"]),
                              rtol=1e-5, atol=1e-6)
+  # Likewise snippet k holds the caption of second k: the text curve is the cosine of the query's
+  # and that caption's embeddings, for every pair (a video's later queries reuse its captions).
+  encoder = trainfree_scores.TransformerTextEncoder(text_dir)
+  captions = read_narratives(str(root / "narratives.jsonl"))[0]
+  for line in lines:
+    rows = encoder.encode([text for _, text in captions[line["video_id"]]])
+    query = encoder.encode([line["query"]])[0]
+    cosine = rows @ query / (np.linalg.norm(rows, axis=1) * np.linalg.norm(query))
+    np.testing.assert_allclose(line["curves"]["text"], cosine, rtol=1e-4, atol=1e-5)
   config.trainfree.update(glove_weight=0.5, text_weight=1.0, frames_weight=2.0, scores=str(out))
   workdir = tmp_path / "combined"
   evaluate.evaluate_trainfree(config, str(workdir), progress=False)
