@@ -37,7 +37,6 @@ def compilation_cache(tmp_path_factory):
   yield os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
-
 @pytest.fixture(scope="module")
 def env(compilation_cache):
   """The environment of the training subprocesses the kill-and-resume tests start: the repository
@@ -47,6 +46,7 @@ def env(compilation_cache):
               JAX_COMPILATION_CACHE_DIR=compilation_cache,
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
 
 def pytest_terminal_summary(terminalreporter):
   skipped = [r for r in terminalreporter.stats.get("skipped", []) if "no shared data" in str(r.longrepr)]
